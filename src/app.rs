@@ -1,0 +1,222 @@
+//! Startup: turns a [`Config`] into a running service, the same way for the binary and tests.
+
+use crate::config::{Config, ConfigError};
+use crate::receive::{self, ReceiveState, SourceRuntime};
+use crate::sink::{self, Sink};
+use crate::store::Store;
+use crate::store::redis::{RedisStore, RedisStoreOptions};
+use crate::worker::{Router as EventRouter, Worker};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A reason the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no store configured: set store.redis_url in the config file or HOOKRELAY_REDIS_URL")]
+    NoStore,
+    #[error("cannot open the store: {0}")]
+    Store(String),
+    #[error("sink {name:?}: {reason}")]
+    Sink { name: String, reason: String },
+    #[error("{0}")]
+    Route(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The parts of a service built from a config, before it runs.
+pub struct App {
+    pub router: axum::Router,
+    pub store: Arc<dyn Store>,
+    worker: Option<Worker>,
+}
+
+/// Builds the service: resolves secrets, opens the store, builds sinks and routes. Nothing
+/// connects yet, so a store or sink that is down does not stop startup.
+pub async fn build(config: &Config) -> Result<App, StartupError> {
+    let mut sources = HashMap::new();
+    for source in &config.sources {
+        sources.insert(source.name.clone(), SourceRuntime::new(source)?);
+    }
+
+    let redis_url = config
+        .store
+        .redis_url
+        .as_deref()
+        .ok_or(StartupError::NoStore)?;
+    let redis = RedisStore::open(&RedisStoreOptions {
+        url: redis_url.to_owned(),
+        key_prefix: config.store.key_prefix.clone(),
+        request_timeout: config.ack_timeout,
+        visibility_timeout: config.worker.visibility_timeout,
+    })
+    .map_err(|e| StartupError::Store(e.to_string()))?;
+    tracing::info!(store = "redis", url = %redact_url(redis_url), "store opened");
+    match redis.append_only().await {
+        Some(true) => {}
+        Some(false) => tracing::warn!(
+            "Redis runs without appendonly: a Redis restart loses every event in the inbox; \
+             set `appendonly yes` in production"
+        ),
+        None => tracing::warn!("cannot read Redis's appendonly setting; make sure it is `yes`"),
+    }
+    let store: Arc<dyn Store> = Arc::new(redis);
+
+    let worker = if config.worker.enabled {
+        let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+        for sink_config in &config.sinks {
+            let sink = sink::build(sink_config).map_err(|reason| StartupError::Sink {
+                name: sink_config.name.clone(),
+                reason,
+            })?;
+            sinks.insert(sink_config.name.clone(), Arc::from(sink));
+        }
+        let router = EventRouter::new(&config.routes).map_err(StartupError::Route)?;
+        Some(Worker::new(
+            store.clone(),
+            sinks,
+            router,
+            config.worker.clone(),
+        ))
+    } else {
+        None
+    };
+
+    let state = Arc::new(ReceiveState {
+        sources,
+        store: store.clone(),
+        ack_timeout: config.ack_timeout,
+        retry_after_secs: config.retry_after_secs,
+    });
+    Ok(App {
+        router: receive::router(state),
+        store,
+        worker,
+    })
+}
+
+/// A service running in the background, as started by [`start`].
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), std::io::Error>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, lets those in flight finish, then stops the worker after its
+    /// current batch.
+    pub async fn stop(self) -> Result<(), StartupError> {
+        self.shutdown.cancel();
+        let served = self.server.await;
+        if let Some(worker) = self.worker {
+            let _ = worker.await;
+        }
+        match served {
+            Ok(result) => result.map_err(StartupError::Serve),
+            Err(join) => Err(StartupError::Serve(std::io::Error::other(join))),
+        }
+    }
+}
+
+/// Starts the service on `listener`, with its worker when enabled.
+pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, StartupError> {
+    let app = build(config).await?;
+    let addr = listener.local_addr().map_err(StartupError::Serve)?;
+    let shutdown = CancellationToken::new();
+
+    let worker = app
+        .worker
+        .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.router)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await
+    });
+
+    Ok(Running {
+        addr,
+        shutdown,
+        server,
+        worker,
+    })
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), StartupError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let running = start(&config, listener).await?;
+    for source in &config.sources {
+        tracing::info!(
+            "receiving {:?} webhooks at http://{}/webhooks/{}",
+            source.scheme,
+            running.addr,
+            source.name
+        );
+    }
+    tracing::info!(addr = %running.addr, "hookrelay ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler succeeds on Unix");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Hides the password of a Redis URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redis_password_is_hidden() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! What the client is told when a request is not accepted.
+
+use crate::verify::VerifyError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// A request that was not stored, with the status it is answered with.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("unknown source")]
+    UnknownSource,
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("cannot read request body: {0}")]
+    BodyRead(String),
+    #[error("signature verification failed: {0}")]
+    Verify(#[from] VerifyError),
+    /// The store failed or did not answer within the ack timeout; nothing is acknowledged.
+    #[error("store unavailable: {detail}")]
+    Unavailable {
+        detail: String,
+        retry_after_secs: u32,
+    },
+}
+
+impl ReceiveError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownSource => StatusCode::NOT_FOUND,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::Verify(VerifyError::Malformed { .. }) => StatusCode::BAD_REQUEST,
+            Self::Verify(_) => StatusCode::UNAUTHORIZED,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The message in the response body. Signature failures share one text so that a caller
+    /// cannot probe which check failed; a malformed header is named because the sender can
+    /// fix it. Store errors are logged, not returned.
+    fn client_message(&self) -> String {
+        match self {
+            Self::UnknownSource => "no source is configured at this path".into(),
+            Self::TooLarge { limit } => format!("body exceeds the limit of {limit} bytes"),
+            Self::BodyRead(_) => "the request body could not be read".into(),
+            Self::Verify(error @ VerifyError::Malformed { .. }) => error.to_string(),
+            Self::Verify(_) => "signature verification failed".into(),
+            Self::Unavailable { .. } => "temporarily unable to store the event; retry later".into(),
+        }
+    }
+}
+
+impl IntoResponse for ReceiveError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let label = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "unavailable"
+        } else {
+            "rejected"
+        };
+        let body = Json(json!({ "status": label, "error": self.client_message() }));
+        let mut response = (status, body).into_response();
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

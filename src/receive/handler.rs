@@ -1,0 +1,111 @@
+//! The request handler of `POST /webhooks/{source}`.
+
+use super::{ReceiveError, ReceiveState, SourceRuntime, identify};
+use crate::event::{Event, unix_millis};
+use crate::store::AcceptOutcome;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub(super) async fn receive(
+    State(state): State<Arc<ReceiveState>>,
+    Path(source_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ReceiveError> {
+    let source = state
+        .sources
+        .get(&source_name)
+        .ok_or(ReceiveError::UnknownSource)?;
+
+    let body = read_body(body, &headers, source.body_limit).await?;
+
+    let received_at = SystemTime::now();
+    let verified = source
+        .scheme
+        .verify(&headers, &body, received_at)
+        .inspect_err(|error| {
+            tracing::info!(source = %source.name, reason = error.reason(), %error, "rejected delivery");
+        })?;
+
+    let identity = identify(source, &headers, &body, verified);
+    let event = Event {
+        id: identity.event_id,
+        source: source.name.clone(),
+        event_type: identity.event_type,
+        received_at_ms: unix_millis(received_at),
+        payload: body,
+    };
+
+    let outcome = store_event(
+        &state,
+        source,
+        &event,
+        &identity.dedupe_key,
+        identity.window,
+    )
+    .await?;
+    let status = match outcome {
+        AcceptOutcome::Accepted => "accepted",
+        AcceptOutcome::Duplicate => "duplicate",
+    };
+    tracing::info!(
+        source = %source.name,
+        event_id = %event.id,
+        event_type = %event.event_type,
+        status,
+        "received"
+    );
+    Ok(Json(json!({ "status": status, "id": event.id })))
+}
+
+/// Reads the whole body, stopping at `limit` bytes. A declared length above the limit is
+/// rejected before any byte is read.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReceiveError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ReceiveError::TooLarge { limit });
+    }
+
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ReceiveError::TooLarge { limit }),
+        Err(error) => Err(ReceiveError::BodyRead(error.to_string())),
+    }
+}
+
+/// Claims the key and stores the event, within the ack timeout.
+async fn store_event(
+    state: &ReceiveState,
+    source: &SourceRuntime,
+    event: &Event,
+    key: &str,
+    window: std::time::Duration,
+) -> Result<AcceptOutcome, ReceiveError> {
+    let unavailable = |detail: String| {
+        tracing::warn!(source = %source.name, event_id = %event.id, %detail, "cannot store event; answered 503");
+        ReceiveError::Unavailable {
+            detail,
+            retry_after_secs: state.retry_after_secs,
+        }
+    };
+
+    // NOTE: when the timeout fires the store may still complete the write. The provider then
+    // retries, gets "duplicate", and the stored event is forwarded once, so nothing is lost.
+    match tokio::time::timeout(state.ack_timeout, state.store.accept(event, key, window)).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(error)) => Err(unavailable(error.to_string())),
+        Err(_) => Err(unavailable(format!(
+            "no answer within {}",
+            humantime::format_duration(state.ack_timeout)
+        ))),
+    }
+}

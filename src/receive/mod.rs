@@ -1,0 +1,93 @@
+//! The HTTP side: `POST /webhooks/{source}` reads the body, verifies the signature, derives the
+//! event id and stores the event before it answers.
+
+mod error;
+mod extract;
+mod handler;
+
+pub use error::ReceiveError;
+pub use extract::{Identity, identify};
+
+use crate::config::{ConfigError, SourceConfig};
+use crate::store::Store;
+use crate::verify::{self, Scheme};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
+use axum::routing::post;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configured source, ready to serve.
+#[derive(Debug)]
+pub struct SourceRuntime {
+    pub name: String,
+    pub scheme: Box<dyn Scheme>,
+    pub body_limit: usize,
+    pub id_headers: Vec<HeaderName>,
+    pub id_pointers: Vec<String>,
+    pub event_type_pointer: Option<String>,
+    pub dedupe_window: Duration,
+    pub body_hash_window: Duration,
+}
+
+impl SourceRuntime {
+    /// Resolves the secrets of `config` and fills in the scheme's defaults.
+    pub fn new(config: &SourceConfig) -> Result<Self, ConfigError> {
+        let scheme = verify::build(config)?;
+        let id_headers = config
+            .id_headers
+            .iter()
+            .map(|name| {
+                HeaderName::try_from(name.as_str()).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "source {:?}: invalid header name {name:?} in id_headers",
+                        config.name
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let id_pointers = match &config.id_pointers {
+            Some(pointers) => pointers.clone(),
+            None => scheme
+                .default_id_pointers()
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        };
+        let event_type_pointer = config
+            .event_type_pointer
+            .clone()
+            .or_else(|| scheme.default_event_type_pointer().map(str::to_owned));
+
+        Ok(Self {
+            name: config.name.clone(),
+            scheme,
+            body_limit: config.body_limit,
+            id_headers,
+            id_pointers,
+            event_type_pointer,
+            dedupe_window: config.dedupe_window,
+            body_hash_window: config.body_hash_window,
+        })
+    }
+}
+
+/// Shared state of the request handlers.
+pub struct ReceiveState {
+    pub sources: HashMap<String, SourceRuntime>,
+    pub store: Arc<dyn Store>,
+    /// Longest wait for the store before answering 503.
+    pub ack_timeout: Duration,
+    pub retry_after_secs: u32,
+}
+
+/// Builds the router of the receive endpoints.
+pub fn router(state: Arc<ReceiveState>) -> Router {
+    Router::new()
+        .route("/webhooks/{source}", post(handler::receive))
+        // Each source applies its own limit while it reads the body.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}

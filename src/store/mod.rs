@@ -1,0 +1,103 @@
+//! Durable storage of accepted events: the idempotency keys, the inbox the worker reads, the
+//! retry schedule and the dead-letter queue, behind the [`Store`] trait.
+//!
+//! The contract every backend keeps:
+//! - [`Store::accept`] claims the idempotency key and appends the event in one atomic step, so
+//!   a claimed key always has its event stored. It reports a duplicate without storing twice.
+//! - [`Store::claim`] hands out inbox entries to this process: new ones, retries whose time has
+//!   come, and entries another process claimed but did not settle within the visibility
+//!   timeout (it is presumed dead). An entry therefore reaches a worker at least once.
+//! - [`Store::settle`] records the outcome of one delivery round atomically: dead-letter the
+//!   sinks that gave up, schedule a retry for the rest, or remove the entry when nothing is left.
+
+pub mod redis;
+
+use crate::event::Event;
+use async_trait::async_trait;
+use std::time::{Duration, SystemTime};
+
+/// Result of [`Store::accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// The key was new; the event is in the inbox.
+    Accepted,
+    /// The key was already claimed within its window; nothing was stored.
+    Duplicate,
+}
+
+/// An inbox entry handed to this process by [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The backend's handle of the entry (a stream entry id on Redis).
+    pub handle: String,
+    pub event: Event,
+    /// Delivery rounds already made.
+    pub attempt: u32,
+    /// Sinks still owed the event; `None` until the first round routes it.
+    pub pending_sinks: Option<Vec<String>>,
+}
+
+/// A sink that gave up on an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub sink: String,
+    pub error: String,
+}
+
+/// Another round for the sinks that failed but may still succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub sinks: Vec<String>,
+    /// Rounds made so far, this one included.
+    pub attempt: u32,
+    pub due: SystemTime,
+}
+
+/// Outcome of one delivery round of one entry. With no retry the entry leaves the inbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    pub dead: Vec<DeadLetter>,
+    pub retry: Option<Retry>,
+}
+
+/// A dead-letter record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    pub handle: String,
+    pub event: Event,
+    pub sink: String,
+    pub error: String,
+    pub attempt: u32,
+}
+
+/// A store operation that failed; the request is answered 503 and the provider retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store returned unexpected data: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Claims `key` for `window` and appends `event` to the inbox, atomically.
+    async fn accept(
+        &self,
+        event: &Event,
+        key: &str,
+        window: Duration,
+    ) -> Result<AcceptOutcome, StoreError>;
+
+    /// Hands out up to `max` entries, waiting up to `wait` when none is ready.
+    async fn claim(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records the outcome of a delivery round of `delivery`.
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<(), StoreError>;
+
+    /// Lists up to `max` dead-letter records, oldest first.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError>;
+
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,571 @@
+//! The Redis backend.
+//!
+//! Keys, all under one hash tag so that every script and transaction touches a single Redis
+//! Cluster slot (`P` is the configured prefix):
+//! - `P:{p0}:seen:<source>:<key>`: idempotency key, a string that expires with the window;
+//! - `P:{p0}:inbox`: the inbox stream, read through the consumer group `hookrelay`;
+//! - `P:{p0}:retry`: sorted set of inbox entry ids waiting for a retry, scored by due time (ms);
+//! - `P:{p0}:state`: hash of entry id to `attempt|sink,sink`, the progress of entries retried;
+//! - `P:{p0}:dlq`: the dead-letter stream.
+//!
+//! An entry stays in the inbox and in the group's pending list until it is settled with nothing
+//! left to do, so a process that dies mid-delivery leaves it pending, and another worker
+//! reclaims it once it has been idle for the visibility timeout. An entry waiting for a retry
+//! is pending too; the reclaim pass leaves those alone because they are in the retry set.
+
+use super::{AcceptOutcome, DeadLetterRecord, Delivery, Settlement, Store, StoreError};
+use crate::event::{Event, unix_millis};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+const GROUP: &str = "hookrelay";
+
+/// Claims the idempotency key and appends the event, or reports a duplicate.
+///
+/// The stream entry is written before the key: if the key write then failed (out of memory),
+/// the event would be stored without its key and a retry could store it again, which is a
+/// duplicate at worst. The reverse order could leave a claimed key with no event, a loss.
+const ACCEPT_SCRIPT: &str = r"
+local prior = redis.call('GET', KEYS[1])
+if prior then
+  return {0, prior}
+end
+local entry = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[1], entry, 'PX', ARGV[1])
+return {1, entry}
+";
+
+/// Takes the retries that are due out of the retry set and claims their entries for this
+/// consumer, in one step so two workers never take the same retry.
+const PROMOTE_SCRIPT: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
+if #ids == 0 then
+  return {}
+end
+redis.call('ZREM', KEYS[2], unpack(ids))
+return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
+";
+
+/// Key names of one deployment.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+    inbox: String,
+    retry: String,
+    state: String,
+    dlq: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        let tagged = format!("{prefix}:{{p0}}");
+        Self {
+            prefix: tagged.clone(),
+            inbox: format!("{tagged}:inbox"),
+            retry: format!("{tagged}:retry"),
+            state: format!("{tagged}:state"),
+            dlq: format!("{tagged}:dlq"),
+        }
+    }
+
+    fn seen(&self, key: &str) -> String {
+        format!("{}:seen:{key}", self.prefix)
+    }
+}
+
+/// Where the reclaim pass over idle pending entries stands.
+struct ReclaimCursor {
+    start: String,
+    next_run: Instant,
+}
+
+pub struct RedisStore {
+    /// Serves the request path only, so it never waits behind a blocking worker read.
+    accept_conn: ConnectionManager,
+    worker_conn: ConnectionManager,
+    keys: Keys,
+    consumer: String,
+    visibility_timeout: Duration,
+    group_ready: AtomicBool,
+    reclaim: Mutex<ReclaimCursor>,
+    accept_script: Script,
+    promote_script: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("inbox", &self.keys.inbox)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of [`RedisStore::open`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreOptions {
+    pub url: String,
+    pub key_prefix: String,
+    /// Time limit of one request-path command.
+    pub request_timeout: Duration,
+    pub visibility_timeout: Duration,
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl RedisStore {
+    /// Opens the store without waiting for Redis: connections are made on first use and
+    /// remade after a failure, so the service starts, and recovers, while Redis is down.
+    pub fn open(options: &RedisStoreOptions) -> Result<Self, StoreError> {
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+
+        let accept_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.request_timeout))
+            .set_response_timeout(Some(options.request_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        // The worker's reads block for up to a second on the server, so its limit is longer.
+        let worker_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(15)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+
+        let accept_conn = ConnectionManager::new_lazy_with_config(client.clone(), accept_config)
+            .map_err(unavailable)?;
+        let worker_conn =
+            ConnectionManager::new_lazy_with_config(client, worker_config).map_err(unavailable)?;
+
+        Ok(Self {
+            accept_conn,
+            worker_conn,
+            keys: Keys::new(&options.key_prefix),
+            consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            visibility_timeout: options.visibility_timeout,
+            group_ready: AtomicBool::new(false),
+            reclaim: Mutex::new(ReclaimCursor {
+                start: "0-0".into(),
+                next_run: Instant::now(),
+            }),
+            accept_script: Script::new(ACCEPT_SCRIPT),
+            promote_script: Script::new(PROMOTE_SCRIPT),
+        })
+    }
+
+    /// Returns Redis's `appendonly` setting, or `None` when `CONFIG` is not allowed.
+    pub async fn append_only(&self) -> Option<bool> {
+        let mut conn = self.accept_conn.clone();
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        reply.get(1).map(|value| value == "yes")
+    }
+
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        if self.group_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut conn = self.worker_conn.clone();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.inbox)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.group_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Notes that the consumer group is gone (Redis restarted without persistence), so the
+    /// next claim creates it again.
+    fn check_group_lost(&self, error: &redis::RedisError) {
+        if error.code() == Some("NOGROUP") {
+            self.group_ready.store(false, Ordering::Release);
+        }
+    }
+
+    async fn promote_due_retries(&self, max: usize) -> Result<Vec<RawEntry>, StoreError> {
+        let mut conn = self.worker_conn.clone();
+        let now = unix_millis(std::time::SystemTime::now());
+        let reply: Value = self
+            .promote_script
+            .key(&self.keys.inbox)
+            .key(&self.keys.retry)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(now)
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await
+            .inspect_err(|e| self.check_group_lost(e))
+            .map_err(unavailable)?;
+        parse_entries(reply)
+    }
+
+    /// Claims entries that another consumer has held longer than the visibility timeout,
+    /// skipping those that wait in the retry set. Runs at most every half timeout.
+    async fn reclaim_idle(&self, max: usize) -> Result<Vec<RawEntry>, StoreError> {
+        let mut cursor = self.reclaim.lock().await;
+        if Instant::now() < cursor.next_run {
+            return Ok(Vec::new());
+        }
+
+        let mut conn = self.worker_conn.clone();
+        let idle_ms = u64::try_from(self.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.keys.inbox)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(idle_ms)
+            .arg(&cursor.start)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .inspect_err(|e| self.check_group_lost(e))
+            .map_err(unavailable)?;
+
+        let Value::Array(mut parts) = reply else {
+            return Err(StoreError::Corrupt(
+                "XAUTOCLAIM reply is not an array".into(),
+            ));
+        };
+        if parts.len() < 2 {
+            return Err(StoreError::Corrupt("XAUTOCLAIM reply is too short".into()));
+        }
+        let entries = parse_entries(parts.swap_remove(1))?;
+        let next = string_of(&parts[0]).unwrap_or_else(|| "0-0".into());
+        if next == "0-0" {
+            // A full pass is done; wait before the next one.
+            cursor.next_run = Instant::now() + self.visibility_timeout / 2;
+        }
+        cursor.start = next;
+        drop(cursor);
+
+        if entries.is_empty() {
+            return Ok(entries);
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(&self.keys.retry)
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(entries
+            .into_iter()
+            .zip(scores)
+            .filter_map(|(entry, score)| score.is_none().then_some(entry))
+            .collect())
+    }
+
+    async fn read_new(&self, max: usize, wait: Duration) -> Result<Vec<RawEntry>, StoreError> {
+        let mut conn = self.worker_conn.clone();
+        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&self.keys.inbox)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .inspect_err(|e| self.check_group_lost(e))
+            .map_err(unavailable)?;
+
+        // The reply is [[stream, [entries]]], or nil when the wait ran out.
+        match reply {
+            Value::Nil => Ok(Vec::new()),
+            Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                Value::Array(mut pair) if pair.len() == 2 => parse_entries(pair.swap_remove(1)),
+                _ => Err(StoreError::Corrupt("XREADGROUP stream is malformed".into())),
+            },
+            _ => Err(StoreError::Corrupt("XREADGROUP reply is malformed".into())),
+        }
+    }
+
+    /// Turns raw entries into deliveries, adding the progress saved by earlier rounds.
+    async fn attach_state(&self, entries: Vec<RawEntry>) -> Result<Vec<Delivery>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.worker_conn.clone();
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let states: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&self.keys.state)
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for (entry, state) in entries.into_iter().zip(states) {
+            let (attempt, pending_sinks) = match state.as_deref() {
+                Some(state) => parse_state(state)?,
+                None => (0, None),
+            };
+            deliveries.push(Delivery {
+                event: entry.to_event()?,
+                handle: entry.id,
+                attempt,
+                pending_sinks,
+            });
+        }
+        Ok(deliveries)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn accept(
+        &self,
+        event: &Event,
+        key: &str,
+        window: Duration,
+    ) -> Result<AcceptOutcome, StoreError> {
+        let mut conn = self.accept_conn.clone();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (claimed, _entry): (i64, Value) = self
+            .accept_script
+            .key(self.keys.seen(key))
+            .key(&self.keys.inbox)
+            .arg(window_ms)
+            .arg("id")
+            .arg(&event.id)
+            .arg("source")
+            .arg(&event.source)
+            .arg("type")
+            .arg(&event.event_type)
+            .arg("received_at")
+            .arg(event.received_at_ms)
+            .arg("payload")
+            .arg(event.payload.as_ref())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(match claimed {
+            1 => AcceptOutcome::Accepted,
+            _ => AcceptOutcome::Duplicate,
+        })
+    }
+
+    async fn claim(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
+        self.ensure_group().await?;
+
+        let mut entries = self.promote_due_retries(max).await?;
+        if entries.len() < max {
+            entries.extend(self.reclaim_idle(max - entries.len()).await?);
+        }
+        if entries.is_empty() {
+            // Block only when there is nothing else to do, so retries are not delayed.
+            entries = self.read_new(max, wait).await?;
+        } else if entries.len() < max {
+            entries.extend(self.read_new(max - entries.len(), Duration::ZERO).await?);
+        }
+        self.attach_state(entries).await
+    }
+
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+
+        let event = &delivery.event;
+        for dead in &settlement.dead {
+            pipe.cmd("XADD")
+                .arg(&self.keys.dlq)
+                .arg("*")
+                .arg("id")
+                .arg(&event.id)
+                .arg("source")
+                .arg(&event.source)
+                .arg("type")
+                .arg(&event.event_type)
+                .arg("received_at")
+                .arg(event.received_at_ms)
+                .arg("payload")
+                .arg(event.payload.as_ref())
+                .arg("sink")
+                .arg(&dead.sink)
+                .arg("error")
+                .arg(&dead.error)
+                .arg("attempt")
+                .arg(delivery.attempt + 1)
+                .ignore();
+        }
+
+        match &settlement.retry {
+            Some(retry) => {
+                let state = format!("{}|{}", retry.attempt, retry.sinks.join(","));
+                pipe.hset(&self.keys.state, &delivery.handle, state)
+                    .ignore();
+                pipe.zadd(&self.keys.retry, &delivery.handle, unix_millis(retry.due))
+                    .ignore();
+            }
+            None => {
+                pipe.xack(&self.keys.inbox, GROUP, &[&delivery.handle])
+                    .ignore();
+                pipe.xdel(&self.keys.inbox, &[&delivery.handle]).ignore();
+                pipe.hdel(&self.keys.state, &delivery.handle).ignore();
+                pipe.zrem(&self.keys.retry, &delivery.handle).ignore();
+            }
+        }
+
+        let mut conn = self.worker_conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let mut conn = self.worker_conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&self.keys.dlq)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        parse_entries(reply)?
+            .into_iter()
+            .map(|entry| {
+                Ok(DeadLetterRecord {
+                    event: entry.to_event()?,
+                    sink: entry.text("sink")?,
+                    error: entry.text("error")?,
+                    attempt: entry.text("attempt")?.parse().unwrap_or(0),
+                    handle: entry.id,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.accept_conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// A stream entry as Redis returns it.
+struct RawEntry {
+    id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawEntry {
+    fn field(&self, name: &str) -> Result<&[u8], StoreError> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key == name.as_bytes())
+            .map(|(_, value)| value.as_slice())
+            .ok_or_else(|| StoreError::Corrupt(format!("entry {} has no {name} field", self.id)))
+    }
+
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        String::from_utf8(self.field(name)?.to_vec()).map_err(|_| {
+            StoreError::Corrupt(format!("entry {} field {name} is not UTF-8", self.id))
+        })
+    }
+
+    fn to_event(&self) -> Result<Event, StoreError> {
+        Ok(Event {
+            id: self.text("id")?,
+            source: self.text("source")?,
+            event_type: self.text("type")?,
+            received_at_ms: self.text("received_at")?.parse().map_err(|_| {
+                StoreError::Corrupt(format!("entry {} has an invalid received_at", self.id))
+            })?,
+            payload: Bytes::copy_from_slice(self.field("payload")?),
+        })
+    }
+}
+
+fn string_of(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// Parses a list of `[id, [field, value, ...]]` entries. Entries deleted while pending come
+/// back with a nil field list and are skipped.
+fn parse_entries(value: Value) -> Result<Vec<RawEntry>, StoreError> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Nil => return Ok(Vec::new()),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "stream entries are not an array".into(),
+            ));
+        }
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            return Err(StoreError::Corrupt("stream entry is not an array".into()));
+        };
+        if pair.len() != 2 {
+            return Err(StoreError::Corrupt(
+                "stream entry is not an [id, fields] pair".into(),
+            ));
+        }
+        let id = string_of(&pair[0])
+            .ok_or_else(|| StoreError::Corrupt("stream entry id is not a string".into()))?;
+        let Value::Array(flat) = pair.swap_remove(1) else {
+            continue;
+        };
+        let mut fields = Vec::with_capacity(flat.len() / 2);
+        let mut values = flat.into_iter();
+        while let (Some(key), Some(value)) = (values.next(), values.next()) {
+            match (key, value) {
+                (Value::BulkString(key), Value::BulkString(value)) => fields.push((key, value)),
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "entry {id} has a non-string field"
+                    )));
+                }
+            }
+        }
+        entries.push(RawEntry { id, fields });
+    }
+    Ok(entries)
+}
+
+/// Parses `attempt|sink,sink` as written by [`RedisStore::settle`].
+fn parse_state(state: &str) -> Result<(u32, Option<Vec<String>>), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("invalid delivery state {state:?}"));
+    let (attempt, sinks) = state.split_once('|').ok_or_else(corrupt)?;
+    let attempt = attempt.parse().map_err(|_| corrupt())?;
+    let sinks = sinks
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Ok((attempt, Some(sinks)))
+}
