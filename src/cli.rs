@@ -36,7 +36,7 @@ enum Command {
         /// Signature scheme; by default the one named like the source, else makini.
         #[arg(long, value_parser = parse_scheme)]
         scheme: Option<SchemeKind>,
-        /// Environment variable that holds the signing secret.
+        /// Environment variable that contains the signing secret.
         #[arg(long)]
         secret_env: String,
         /// Event type of the sample body.
@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "hex")]
         encoding: Encoding,
         /// Message id of a Standard Webhooks delivery; a fresh one by default. Send the same
-        /// id twice to see the duplicate answer.
+        /// id twice to see the duplicate response.
         #[arg(long)]
         id: Option<String>,
     },

@@ -1,4 +1,4 @@
-//! hookrelay receives signed webhooks, stores each event before it answers, and forwards it to
+//! hookrelay receives signed webhooks, stores each event before it responds, and forwards it to
 //! downstream queues.
 //!
 //! The modules follow one event through the service:

@@ -18,7 +18,7 @@ pub struct Config {
     /// Address the HTTP listener binds.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
-    /// Longest time a request may wait for the store before it is answered 503.
+    /// Longest time a request may wait for the store before the request gets a 503 response.
     #[serde(default = "defaults::ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// Seconds sent in `Retry-After` with a 503.
@@ -251,8 +251,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
 
-        // A provider waits 10 s at most (Makini, GitHub); an answer after that is a failure
-        // whatever it says, and the provider sends the event again.
+        // A provider waits 10 s at most (Makini, GitHub); a response after that counts as a failure
+        // whatever its status, and the provider sends the event again.
         if self.ack_timeout.is_zero() || self.ack_timeout >= Duration::from_secs(10) {
             return invalid(format!(
                 "ack_timeout must be above zero and below 10s, got {}",

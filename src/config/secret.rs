@@ -28,7 +28,7 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-/// Why a secret reference could not be turned into a usable secret.
+/// Error resolving a secret reference to a usable secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error(

@@ -1,4 +1,4 @@
-//! What the client is told when a request is not accepted.
+//! Responses to requests that are not accepted.
 
 use crate::verify::VerifyError;
 use axum::Json;
@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-/// A request that was not stored, with the status it is answered with.
+/// Reason a request was not stored, mapped to its response status.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
     #[error("unknown source")]
@@ -17,7 +17,7 @@ pub enum ReceiveError {
     BodyRead(String),
     #[error("signature verification failed: {0}")]
     Verify(#[from] VerifyError),
-    /// The store failed or did not answer within the ack timeout; nothing is acknowledged.
+    /// The store failed or did not respond within the ack timeout, so nothing is acknowledged.
     #[error("store unavailable: {detail}")]
     Unavailable {
         detail: String,
@@ -37,7 +37,7 @@ impl ReceiveError {
         }
     }
 
-    /// The message in the response body. Signature failures share one text so that a caller
+    /// Returns the message of the response body. Signature failures share one text so that a caller
     /// cannot probe which check failed; a malformed header is named because the sender can
     /// fix it. Store errors are logged, not returned.
     fn client_message(&self) -> String {

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Ids longer than this are hashed before they become part of a store key.
 const MAX_KEY_ID_LEN: usize = 200;
 
-/// What the receive path derives from the request before storing it.
+/// Identity of an event, derived from the request before it is stored.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Identity {
     /// The provider's id, or `sha256:<hex>` of the body.

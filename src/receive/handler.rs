@@ -91,7 +91,7 @@ async fn store_event(
     window: std::time::Duration,
 ) -> Result<AcceptOutcome, ReceiveError> {
     let unavailable = |detail: String| {
-        tracing::warn!(source = %source.name, event_id = %event.id, %detail, "cannot store event; answered 503");
+        tracing::warn!(source = %source.name, event_id = %event.id, %detail, "cannot store event; responded 503");
         ReceiveError::Unavailable {
             detail,
             retry_after_secs: state.retry_after_secs,

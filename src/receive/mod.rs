@@ -1,5 +1,5 @@
 //! The HTTP side: `POST /webhooks/{source}` reads the body, verifies the signature, derives the
-//! event id and stores the event before it answers.
+//! event id and stores the event before it responds.
 
 mod error;
 mod extract;
@@ -78,7 +78,7 @@ impl SourceRuntime {
 pub struct ReceiveState {
     pub sources: HashMap<String, SourceRuntime>,
     pub store: Arc<dyn Store>,
-    /// Longest wait for the store before answering 503.
+    /// Longest wait for the store before responding 503.
     pub ack_timeout: Duration,
     pub retry_after_secs: u32,
 }

@@ -70,7 +70,7 @@ pub struct DeadLetterRecord {
     pub attempt: u32,
 }
 
-/// A store operation that failed; the request is answered 503 and the provider retries.
+/// A store operation that failed. The request gets a 503 response and the provider retries.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -98,6 +98,6 @@ pub trait Store: Send + Sync {
     /// Lists up to `max` dead-letter records, oldest first.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError>;
 
-    /// Checks the store answers.
+    /// Checks that the store responds.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -9,7 +9,7 @@
 //! - `P:{p0}:dlq`: the dead-letter stream.
 //!
 //! An entry stays in the inbox and in the group's pending list until it is settled with nothing
-//! left to do, so a process that dies mid-delivery leaves it pending, and another worker
+//! left to do. A process that dies mid-delivery therefore leaves it pending, and another worker
 //! reclaims it once it has been idle for the visibility timeout. An entry waiting for a retry
 //! is pending too; the reclaim pass leaves those alone because they are in the retry set.
 
@@ -78,7 +78,7 @@ impl Keys {
     }
 }
 
-/// Where the reclaim pass over idle pending entries stands.
+/// Position of the reclaim pass over idle pending entries.
 struct ReclaimCursor {
     start: String,
     next_run: Instant,
@@ -279,15 +279,19 @@ impl RedisStore {
 
     async fn read_new(&self, max: usize, wait: Duration) -> Result<Vec<RawEntry>, StoreError> {
         let mut conn = self.worker_conn.clone();
-        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
-        let reply: Value = redis::cmd("XREADGROUP")
+        let mut command = redis::cmd("XREADGROUP");
+        command
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block_ms)
+            .arg(max);
+        // `BLOCK 0` would wait forever, so a zero wait sends no BLOCK at all.
+        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
+        if block_ms > 0 {
+            command.arg("BLOCK").arg(block_ms);
+        }
+        let reply: Value = command
             .arg("STREAMS")
             .arg(&self.keys.inbox)
             .arg(">")
@@ -346,10 +350,9 @@ impl Store for RedisStore {
         key: &str,
         window: Duration,
     ) -> Result<AcceptOutcome, StoreError> {
-        let mut conn = self.accept_conn.clone();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-        let (claimed, _entry): (i64, Value) = self
-            .accept_script
+        let mut invocation = self.accept_script.prepare_invoke();
+        invocation
             .key(self.keys.seen(key))
             .key(&self.keys.inbox)
             .arg(window_ms)
@@ -362,10 +365,20 @@ impl Store for RedisStore {
             .arg("received_at")
             .arg(event.received_at_ms)
             .arg("payload")
-            .arg(event.payload.as_ref())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(event.payload.as_ref());
+
+        let mut conn = self.accept_conn.clone();
+        let mut result = invocation.invoke_async::<(i64, Value)>(&mut conn).await;
+        // The connection manager reports a broken connection to the command that finds it
+        // and reconnects for the next one. One more try, on the new connection, spares the
+        // provider a 503 after Redis comes back. The handler's timeout bounds both tries, and
+        // a first try that did run makes the second report a duplicate, never a second copy.
+        if let Err(error) = &result
+            && (error.is_io_error() || error.is_unrecoverable_error() || error.is_timeout())
+        {
+            result = invocation.invoke_async::<(i64, Value)>(&mut conn).await;
+        }
+        let (claimed, _entry) = result.map_err(unavailable)?;
         Ok(match claimed {
             1 => AcceptOutcome::Accepted,
             _ => AcceptOutcome::Duplicate,

@@ -14,14 +14,15 @@ use axum::http::HeaderMap;
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 
-/// What a valid signature reveals about the event, from signed headers.
+/// Facts about the event that a valid signature vouches for, from signed headers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// The provider's event id, when the scheme carries one.
     pub event_id: Option<String>,
 }
 
-/// Why a request was not verified. The client only learns the status; the reason is logged.
+/// Reason a request failed verification. The client only learns the status, and the reason is
+/// logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("missing {0} header")]
@@ -30,7 +31,7 @@ pub enum VerifyError {
     Mismatch,
     #[error("timestamp outside the tolerance")]
     Expired,
-    /// A header is present but unreadable; answered 400, because a retry cannot succeed.
+    /// A header is present but unreadable. The response is 400, because a retry cannot succeed.
     #[error("malformed {header} header: {reason}")]
     Malformed {
         header: &'static str,
@@ -110,8 +111,8 @@ pub(crate) fn macs_equal(expected: &[u8], given: &[u8]) -> bool {
     expected.len() == given.len() && bool::from(expected.ct_eq(given))
 }
 
-/// Every value of a header, in order; a header sent twice yields both values so that either
-/// may carry the valid signature.
+/// Returns every value of a header, in order. A header sent twice yields both values, so that
+/// either may carry the valid signature.
 pub(crate) fn header_values<'a>(
     headers: &'a HeaderMap,
     name: &'static str,

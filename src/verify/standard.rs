@@ -68,7 +68,7 @@ fn mac(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> [u8; 32] {
 }
 
 /// Collects the decoded `v1` signatures of every signature header value. Entries of other
-/// versions and entries that are not base64 are skipped, as the specification asks.
+/// versions and entries that are not base64 are skipped, as the specification requires.
 fn v1_signatures(headers: &HeaderMap, name: &'static str) -> Vec<Vec<u8>> {
     headers
         .get_all(name)
@@ -208,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn any_listed_signature_accepts_and_unknown_versions_are_skipped() {
+    fn signature_list_any_match_accepts() {
         let list = format!("v1a,abc v1,bm90LXRoZS1zaWduYXR1cmU= {SIGNATURE}");
         assert!(
             scheme()

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Longest a claim waits on an empty inbox before it checks for shutdown again.
+/// Maximum wait of a claim on an empty inbox before the worker checks for shutdown again.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
 /// At most this many distinct unrouted (source, type) pairs are remembered for logging.
@@ -58,6 +58,9 @@ impl Worker {
             match claimed {
                 Ok(batch) => {
                     store_failures = 0;
+                    if !batch.is_empty() {
+                        tracing::debug!(entries = batch.len(), "claimed");
+                    }
                     futures::future::join_all(batch.into_iter().map(|d| self.process(d))).await;
                 }
                 Err(error) => {
