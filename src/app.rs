@@ -1,17 +1,23 @@
 //! Startup: turns a [`Config`] into a running service, the same way for the binary and tests.
 
 use crate::config::{Config, ConfigError};
+use crate::ops::{self, OpsState};
 use crate::receive::{self, ReceiveState, SourceRuntime};
 use crate::sink::{self, Sink};
 use crate::store::Store;
 use crate::store::redis::{RedisStore, RedisStoreOptions};
 use crate::worker::{Router as EventRouter, Worker};
+use axum::body::Body;
+use axum::http::{HeaderName, Request};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// A reason the service cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,9 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     }
     let store: Arc<dyn Store> = Arc::new(redis);
 
+    // Installed before anything records a metric.
+    crate::ops::metrics::handle();
+
     let worker = if config.worker.enabled {
         let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
         for sink_config in &config.sinks {
@@ -99,11 +108,41 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         ack_timeout: config.ack_timeout,
         retry_after_secs: config.retry_after_secs,
     });
+    let ops = Arc::new(OpsState {
+        store: store.clone(),
+        worker_running: worker.as_ref().map(Worker::running_flag),
+    });
+    let router = receive::router(state).merge(ops::router(ops));
     Ok(App {
-        router: receive::router(state),
+        router: with_request_layers(router),
         store,
         worker,
     })
+}
+
+/// Adds request ids and one span per request. The id comes from `X-Request-Id` when the
+/// client sends one, else a new UUID, and is returned in the response.
+fn with_request_layers(router: axum::Router) -> axum::Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id,
+        )
+    });
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(trace)
+            .layer(PropagateRequestIdLayer::new(request_id)),
+    )
 }
 
 /// A service running in the background, as started by [`start`].

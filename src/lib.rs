@@ -8,13 +8,14 @@
 //! - [`worker`]: claims inbox entries, routes them, retries with backoff;
 //! - [`sink`]: the downstream destinations.
 //!
-//! [`config`] reads the settings, [`app`] wires the parts together for the binary and tests,
+//! [`config`] reads the settings, [`ops`] serves health checks and metrics, [`app`] wires the parts together for the binary and tests,
 //! and [`send`] signs test deliveries.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod ops;
 pub mod receive;
 pub mod send;
 pub mod sink;

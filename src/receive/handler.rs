@@ -2,38 +2,66 @@
 
 use super::{ReceiveError, ReceiveState, SourceRuntime, identify};
 use crate::event::{Event, unix_millis};
+use crate::ops::metrics::{ACK_SECONDS, DUPLICATES, REQUESTS, VERIFY_FAILURES};
 use crate::store::AcceptOutcome;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 pub(super) async fn receive(
     State(state): State<Arc<ReceiveState>>,
     Path(source_name): Path<String>,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    let started = Instant::now();
+    let result = receive_event(&state, &source_name, &headers, body).await;
+
+    // Unknown paths share one label, so that probing random names cannot grow the series.
+    let label = match state.sources.contains_key(&source_name) {
+        true => source_name,
+        false => "unknown".to_owned(),
+    };
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(error) => error.status(),
+    };
+    metrics::counter!(REQUESTS, "source" => label.clone(), "status" => status.as_str().to_owned())
+        .increment(1);
+    metrics::histogram!(ACK_SECONDS, "source" => label).record(started.elapsed());
+    result.into_response()
+}
+
+async fn receive_event(
+    state: &ReceiveState,
+    source_name: &str,
+    headers: &HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ReceiveError> {
     let source = state
         .sources
-        .get(&source_name)
+        .get(source_name)
         .ok_or(ReceiveError::UnknownSource)?;
 
-    let body = read_body(body, &headers, source.body_limit).await?;
+    let body = read_body(body, headers, source.body_limit).await?;
 
     let received_at = SystemTime::now();
     let verified = source
         .scheme
-        .verify(&headers, &body, received_at)
+        .verify(headers, &body, received_at)
         .inspect_err(|error| {
             tracing::info!(source = %source.name, reason = error.reason(), %error, "rejected delivery");
+            metrics::counter!(VERIFY_FAILURES, "source" => source.name.clone(), "reason" => error.reason())
+                .increment(1);
         })?;
 
-    let identity = identify(source, &headers, &body, verified);
+    let identity = identify(source, headers, &body, verified);
     let event = Event {
         id: identity.event_id,
         source: source.name.clone(),
@@ -43,7 +71,7 @@ pub(super) async fn receive(
     };
 
     let outcome = store_event(
-        &state,
+        state,
         source,
         &event,
         &identity.dedupe_key,
@@ -52,7 +80,10 @@ pub(super) async fn receive(
     .await?;
     let status = match outcome {
         AcceptOutcome::Accepted => "accepted",
-        AcceptOutcome::Duplicate => "duplicate",
+        AcceptOutcome::Duplicate => {
+            metrics::counter!(DUPLICATES, "source" => source.name.clone()).increment(1);
+            "duplicate"
+        }
     };
     tracing::info!(
         source = %source.name,

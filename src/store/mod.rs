@@ -70,6 +70,16 @@ pub struct DeadLetterRecord {
     pub attempt: u32,
 }
 
+/// Inbox and dead-letter figures, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Inbox entries not yet settled, retries included.
+    pub inbox_depth: u64,
+    /// When the oldest unsettled entry was stored.
+    pub oldest_received_at: Option<SystemTime>,
+    pub dead_letters: u64,
+}
+
 /// A store operation that failed. The request gets a 503 response and the provider retries.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,4 +110,7 @@ pub trait Store: Send + Sync {
 
     /// Checks that the store responds.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts the inbox and the dead-letter queue.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
 }

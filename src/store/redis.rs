@@ -13,7 +13,7 @@
 //! reclaims it once it has been idle for the visibility timeout. An entry waiting for a retry
 //! is pending too; the reclaim pass leaves those alone because they are in the retry set.
 
-use super::{AcceptOutcome, DeadLetterRecord, Delivery, Settlement, Store, StoreError};
+use super::{AcceptOutcome, DeadLetterRecord, Delivery, Settlement, Store, StoreError, StoreStats};
 use crate::event::{Event, unix_millis};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -481,6 +481,32 @@ impl Store for RedisStore {
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.xlen(&self.keys.inbox)
+            .cmd("XRANGE")
+            .arg(&self.keys.inbox)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .xlen(&self.keys.dlq);
+        let mut conn = self.accept_conn.clone();
+        let (inbox_depth, oldest, dead_letters): (u64, Value, u64) =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+
+        // A stream entry id starts with the server time, in ms, at which it was added.
+        let oldest_received_at = parse_entries(oldest)?.first().and_then(|entry| {
+            let millis: u64 = entry.id.split('-').next()?.parse().ok()?;
+            Some(std::time::UNIX_EPOCH + Duration::from_millis(millis))
+        });
+        Ok(StoreStats {
+            inbox_depth,
+            oldest_received_at,
+            dead_letters,
+        })
     }
 }
 

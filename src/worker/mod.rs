@@ -6,12 +6,14 @@ mod route;
 pub use route::Router;
 
 use crate::config::WorkerConfig;
+use crate::ops::metrics::{DELIVERIES, END_TO_END_SECONDS, UNROUTED};
 use crate::sink::{Sink, SinkError};
 use crate::store::{DeadLetter, Delivery, Retry, Settlement, Store};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,6 +30,8 @@ pub struct Worker {
     config: WorkerConfig,
     /// (source, type) pairs already logged as unrouted, so each is logged once.
     unrouted_logged: Mutex<HashSet<(String, String)>>,
+    /// True while [`Worker::run`] loops; read by the readiness probe.
+    running: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -43,12 +47,19 @@ impl Worker {
             router,
             config,
             unrouted_logged: Mutex::new(HashSet::new()),
+            running: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Returns the flag that is true while the worker runs.
+    pub fn running_flag(&self) -> Arc<AtomicBool> {
+        self.running.clone()
     }
 
     /// Runs until `shutdown` is cancelled. A batch in progress is finished first; anything
     /// claimed and not settled stays pending and is reclaimed after the visibility timeout.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.running.store(true, Ordering::Release);
         let mut store_failures = 0u32;
         while !shutdown.is_cancelled() {
             let claimed = tokio::select! {
@@ -74,6 +85,7 @@ impl Worker {
                 }
             }
         }
+        self.running.store(false, Ordering::Release);
         tracing::info!("worker stopped");
     }
 
@@ -123,6 +135,13 @@ impl Worker {
         match tokio::time::timeout(self.config.sink_timeout, sink.deliver(&delivery.event)).await {
             Ok(Ok(())) => {
                 tracing::info!(sink = name, "delivered");
+                let received_at = UNIX_EPOCH + Duration::from_millis(delivery.event.received_at_ms);
+                let latency = SystemTime::now()
+                    .duration_since(received_at)
+                    .unwrap_or_default();
+                metrics::histogram!(END_TO_END_SECONDS, "sink" => name.to_owned()).record(latency);
+                metrics::counter!(DELIVERIES, "sink" => name.to_owned(), "outcome" => "delivered")
+                    .increment(1);
                 Ok(())
             }
             Ok(Err(error)) => Err(error),
@@ -147,9 +166,13 @@ impl Worker {
             let Err(error) = outcome else { continue };
             if error.retryable && attempt < self.config.max_attempts {
                 tracing::warn!(sink = %sink, %error, "delivery failed; will retry");
+                metrics::counter!(DELIVERIES, "sink" => sink.clone(), "outcome" => "retry")
+                    .increment(1);
                 retry_sinks.push(sink.clone());
             } else {
                 tracing::error!(sink = %sink, %error, "delivery failed; moved to the dead-letter queue");
+                metrics::counter!(DELIVERIES, "sink" => sink.clone(), "outcome" => "dead_letter")
+                    .increment(1);
                 settlement.dead.push(DeadLetter {
                     sink: sink.clone(),
                     error: error.message,
@@ -180,6 +203,7 @@ impl Worker {
     }
 
     fn log_unrouted(&self, source: &str, event_type: &str) {
+        metrics::counter!(UNROUTED, "source" => source.to_owned()).increment(1);
         let mut logged = self
             .unrouted_logged
             .lock()
