@@ -314,3 +314,6 @@ pub(crate) fn timestamps_in_tolerance<'a>(
         (true, None) => Err(VerifyError::MissingHeader(display)),
     }
 }
+
+#[cfg(test)]
+mod tamper_tests;
