@@ -40,7 +40,7 @@ pub struct SendRequest {
 }
 
 impl SendRequest {
-    /// A JSON delivery with a fresh message id and the scheme's usual settings.
+    /// Creates a delivery with a fresh message id and the scheme's usual content type.
     pub fn new(url: String, scheme: SchemeKind, secret: String, body: Vec<u8>) -> Self {
         Self {
             url,

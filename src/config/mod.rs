@@ -132,7 +132,7 @@ impl SchemeKind {
         ("none", Self::None),
     ];
 
-    /// The name used in config files and on the command line.
+    /// Returns the name used in config files and on the command line.
     pub fn name(self) -> &'static str {
         Self::ALL
             .iter()

@@ -88,12 +88,12 @@ impl GenericHmac {
         format!("{}{encoded}", String::from_utf8_lossy(&self.prefix))
     }
 
-    /// The timestamp header's name, when the scheme signs a timestamp.
+    /// Returns the timestamp header's name, when the scheme signs a timestamp.
     pub fn timestamp_header(&self) -> Option<&HeaderName> {
         self.timestamp.as_ref().map(|(name, _)| name)
     }
 
-    /// The signature header's name.
+    /// Returns the signature header's name.
     pub fn signature_header(&self) -> &HeaderName {
         &self.signature_header
     }

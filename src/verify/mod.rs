@@ -43,7 +43,7 @@ pub struct SignedRequest<'a> {
 }
 
 impl<'a> SignedRequest<'a> {
-    /// A request without a query string.
+    /// Creates a request without a query string.
     pub fn new(headers: &'a HeaderMap, body: &'a [u8]) -> Self {
         Self {
             headers,
@@ -231,7 +231,7 @@ pub(crate) fn header_values<'a>(
     headers.get_all(name).iter().map(|value| value.as_bytes())
 }
 
-/// The first value of a header as text, when it is visible ASCII and not empty.
+/// Returns the first value of a header as text, when it is visible ASCII and not empty.
 pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     let text = headers.get(name)?.to_str().ok()?.trim();
     (!text.is_empty()).then_some(text)
@@ -246,7 +246,7 @@ pub(crate) fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.essence_str() == "application/x-www-form-urlencoded")
 }
 
-/// The decoded value of the first form field called `name`.
+/// Returns the decoded value of the first form field called `name`.
 pub(crate) fn form_field(body: &[u8], name: &str) -> Option<String> {
     form_urlencoded::parse(body)
         .find(|(key, _)| key == name)

@@ -85,7 +85,7 @@ fn toggle_default_port(url: &str) -> Option<String> {
     Some(format!("{scheme}://{toggled}{path}"))
 }
 
-/// The URL followed by the sorted form parameters, or the URL alone for other bodies.
+/// Builds the signed string: the URL, then the sorted form parameters of a form body.
 fn signed_string(url: &str, body: &[u8], form: bool) -> String {
     let mut text = url.to_owned();
     if form {
