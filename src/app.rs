@@ -107,6 +107,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         store: store.clone(),
         ack_timeout: config.ack_timeout,
         retry_after_secs: config.retry_after_secs,
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let ops = Arc::new(OpsState {
         store: store.clone(),
@@ -180,7 +181,11 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app.router)
+        // The peer address feeds the sources' client allow-lists.
+        let service = app
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
     });
@@ -204,8 +209,8 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     let running = start(&config, listener).await?;
     for source in &config.sources {
         tracing::info!(
-            "receiving {:?} webhooks at http://{}/webhooks/{}",
-            source.scheme,
+            "receiving {} webhooks at http://{}/webhooks/{}",
+            source.scheme.name(),
             running.addr,
             source.name
         );

@@ -1,8 +1,10 @@
 //! Command-line interface.
 
-use crate::config::{Config, SchemeKind};
+use crate::config::{
+    Config, HmacAlgorithm, HmacConfig, SchemeKind, SignatureEncoding, SignedContent,
+};
 use crate::send::{self, Encoding, SendRequest};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,41 +28,73 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Sign an event as a provider would, post it, and print the response.
-    Send {
-        /// Receiver URL; `/webhooks/<source>` is appended when it has no path.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Source name, used in the URL path.
-        #[arg(long, default_value = "makini")]
-        source: String,
-        /// Signature scheme; by default the one named like the source, else makini.
-        #[arg(long, value_parser = parse_scheme)]
-        scheme: Option<SchemeKind>,
-        /// Environment variable that contains the signing secret.
-        #[arg(long)]
-        secret_env: String,
-        /// Event type of the sample body.
-        #[arg(long, default_value = "assets.updated")]
-        event: String,
-        /// File with the body to send instead of a sample.
-        #[arg(long)]
-        body: Option<PathBuf>,
-        /// Encoding of a Makini signature.
-        #[arg(long, value_enum, default_value = "hex")]
-        encoding: Encoding,
-        /// Message id of a Standard Webhooks delivery; a fresh one by default. Send the same
-        /// id twice to see the duplicate response.
-        #[arg(long)]
-        id: Option<String>,
-    },
+    Send(Box<SendArgs>),
+}
+
+/// Options of `hookrelay send`.
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Receiver URL; `/webhooks/<source>` is appended when it has no path.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Source name, used in the URL path.
+    #[arg(long, default_value = "makini")]
+    source: String,
+    /// Signature scheme (makini, standard, github, stripe, shopify, slack, twilio, hmac,
+    /// none); by default the one named like the source, else makini.
+    #[arg(long, value_parser = parse_scheme)]
+    scheme: Option<SchemeKind>,
+    /// Environment variable that contains the signing secret; not needed with `--scheme none`.
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// Event type: in the sample body, or in `X-GitHub-Event` / `X-Shopify-Topic`.
+    #[arg(long, default_value = "assets.updated")]
+    event: String,
+    /// File with the body to send instead of a sample.
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// Content-Type of the body; JSON by default, a form for twilio.
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Encoding of a Makini or hmac signature.
+    #[arg(long, value_enum, default_value = "hex")]
+    encoding: Encoding,
+    /// Delivery id: `webhook-id` (standard), `X-GitHub-Delivery` (github),
+    /// `X-Shopify-Webhook-Id` (shopify); a fresh one by default. Send the same id twice to see
+    /// the duplicate answer.
+    #[arg(long)]
+    id: Option<String>,
+    /// URL Twilio would sign, when it differs from the one posted to (a tunnel or proxy).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// hmac: header that carries the signature.
+    #[arg(long)]
+    hmac_header: Option<String>,
+    /// hmac: text before the signature, such as `sha256=`.
+    #[arg(long, default_value = "")]
+    hmac_prefix: String,
+    /// hmac: hash function: sha1, sha256 or sha512.
+    #[arg(long, default_value = "sha256", value_parser = parse_algorithm)]
+    hmac_algorithm: HmacAlgorithm,
+    /// hmac: header with the signed Unix timestamp; the body alone is signed without it.
+    #[arg(long)]
+    hmac_timestamp_header: Option<String>,
+    /// hmac: bytes between the timestamp and the body.
+    #[arg(long, default_value = ".")]
+    hmac_separator: String,
 }
 
 fn parse_scheme(text: &str) -> Result<SchemeKind, String> {
-    match text {
-        "makini" => Ok(SchemeKind::Makini),
-        "standard" => Ok(SchemeKind::Standard),
-        other => Err(format!(
-            "unknown scheme {other:?}; expected makini or standard"
+    text.parse()
+}
+
+fn parse_algorithm(text: &str) -> Result<HmacAlgorithm, String> {
+    match text.to_ascii_lowercase().replace('-', "").as_str() {
+        "sha1" => Ok(HmacAlgorithm::Sha1),
+        "sha256" => Ok(HmacAlgorithm::Sha256),
+        "sha512" => Ok(HmacAlgorithm::Sha512),
+        _ => Err(format!(
+            "unknown algorithm {text:?}; expected sha1, sha256 or sha512"
         )),
     }
 }
@@ -80,51 +114,75 @@ pub async fn run() -> ExitCode {
                 Err(error) => fail(&error.to_string()),
             }
         }
-        Command::Send {
-            url,
-            source,
-            scheme,
-            secret_env,
-            event,
-            body,
-            encoding,
-            id,
-        } => {
-            let secret = match std::env::var(&secret_env) {
-                Ok(secret) if !secret.is_empty() => secret,
-                _ => return fail(&format!("environment variable {secret_env} is not set")),
-            };
-            let body = match body {
-                Some(path) => match std::fs::read(&path) {
-                    Ok(bytes) => bytes,
-                    Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
-                },
-                None => send::sample_makini_body(&event),
-            };
-            let scheme = scheme
-                .or_else(|| parse_scheme(&source).ok())
-                .unwrap_or(SchemeKind::Makini);
-            let request = SendRequest {
-                url: send::endpoint(&url, &source),
-                scheme,
-                secret,
-                body,
-                encoding,
-                message_id: id.unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple())),
-            };
-            match send::send(&request).await {
-                Ok((status, body)) => {
-                    println!("POST {} -> {status}", request.url);
-                    println!("{body}");
-                    if (200..300).contains(&status) {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(error) => fail(&error),
+        Command::Send(args) => run_send(*args).await,
+    }
+}
+
+async fn run_send(args: SendArgs) -> ExitCode {
+    let scheme = args
+        .scheme
+        .or_else(|| parse_scheme(&args.source).ok())
+        .unwrap_or(SchemeKind::Makini);
+    let secret = match (&args.secret_env, scheme) {
+        (None, SchemeKind::None) => String::new(),
+        (None, _) => return fail("--secret-env is required for every scheme but none"),
+        (Some(name), _) => match std::env::var(name) {
+            Ok(secret) if !secret.is_empty() => secret,
+            _ => return fail(&format!("environment variable {name} is not set")),
+        },
+    };
+    let body = match &args.body {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+        },
+        None => send::sample_body(scheme, &args.event),
+    };
+
+    let mut request = SendRequest::new(
+        send::endpoint(&args.url, &args.source),
+        scheme,
+        secret,
+        body,
+    );
+    request.encoding = args.encoding;
+    request.event_type = args.event;
+    request.public_url = args.public_url;
+    if let Some(content_type) = args.content_type {
+        request.content_type = content_type;
+    }
+    if let Some(id) = args.id {
+        request.message_id = id;
+    }
+    if let Some(header) = args.hmac_header {
+        request.hmac = Some(HmacConfig {
+            header,
+            prefix: args.hmac_prefix,
+            algorithm: args.hmac_algorithm,
+            encoding: match args.encoding {
+                Encoding::Hex => SignatureEncoding::Hex,
+                Encoding::Base64 => SignatureEncoding::Base64,
+            },
+            signed_content: match args.hmac_timestamp_header {
+                Some(_) => SignedContent::TimestampBody,
+                None => SignedContent::Body,
+            },
+            timestamp_header: args.hmac_timestamp_header,
+            separator: args.hmac_separator,
+        });
+    }
+
+    match send::send(&request).await {
+        Ok((status, body)) => {
+            println!("POST {} -> {status}", send::request_url(&request));
+            println!("{body}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
+        Err(error) => fail(&error),
     }
 }
 

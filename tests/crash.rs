@@ -85,6 +85,7 @@ async fn killed_after_ack_forwards_after_restart() {
     let body = br#"{"id":"acked-then-killed","event":"work_orders.inserted"}"#;
     let response = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/webhooks/makini"))
+        .header("content-type", "application/json")
         .header(
             "x-webhook-signature",
             Makini::sign_hex(SECRET.as_bytes(), body),

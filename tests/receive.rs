@@ -72,6 +72,7 @@ async fn standard_webhooks_vector_accepted() {
     let response = service
         .client
         .post(service.url("svix"))
+        .header("content-type", "application/json")
         .header("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek")
         .header("webhook-timestamp", "1614265330")
         .header(
@@ -216,6 +217,7 @@ async fn unknown_source_is_404() {
     let response = service
         .client
         .post(service.url("nobody"))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await
@@ -246,6 +248,7 @@ async fn body_over_limit_is_413() {
     let response = service
         .client
         .post(service.url("makini"))
+        .header("content-type", "application/json")
         .header(
             "x-webhook-signature",
             Makini::sign_hex(SECRET.as_bytes(), &body),

@@ -3,6 +3,7 @@
 
 pub mod secret;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -34,6 +35,10 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Addresses of proxies whose `X-Forwarded-For` header is believed; a request from any
+    /// other peer is judged by its own address.
+    #[serde(default, deserialize_with = "ip_ranges::deserialize")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +102,115 @@ pub enum SchemeKind {
     Makini,
     /// Standard Webhooks, as sent by Svix and others.
     Standard,
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex>` over the raw body.
+    Github,
+    /// Stripe: `Stripe-Signature: t=<ts>,v1=<hex>` over `<ts>.<body>`.
+    Stripe,
+    /// Shopify: base64 HMAC-SHA256 of the raw body in `X-Shopify-Hmac-Sha256`.
+    Shopify,
+    /// Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>`.
+    Slack,
+    /// Twilio: base64 HMAC-SHA1 over the public URL and the sorted form parameters.
+    Twilio,
+    /// A generic HMAC configured by the source's `hmac` table.
+    Hmac,
+    /// No verification at all; for local testing only, and logged as a warning at startup.
+    None,
+}
+
+impl SchemeKind {
+    /// Every scheme with its config name.
+    pub const ALL: [(&'static str, SchemeKind); 9] = [
+        ("makini", Self::Makini),
+        ("standard", Self::Standard),
+        ("github", Self::Github),
+        ("stripe", Self::Stripe),
+        ("shopify", Self::Shopify),
+        ("slack", Self::Slack),
+        ("twilio", Self::Twilio),
+        ("hmac", Self::Hmac),
+        ("none", Self::None),
+    ];
+
+    /// Returns the name used in config files and on the command line.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, kind)| *kind == self)
+            .map_or("unknown", |(name, _)| name)
+    }
+}
+
+impl std::str::FromStr for SchemeKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, kind)| *kind)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(name, _)| *name).collect();
+                format!(
+                    "unknown scheme {text:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Hash function of the generic `hmac` scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum HmacAlgorithm {
+    #[serde(rename = "sha1", alias = "sha-1")]
+    Sha1,
+    #[default]
+    #[serde(rename = "sha256", alias = "sha-256")]
+    Sha256,
+    #[serde(rename = "sha512", alias = "sha-512")]
+    Sha512,
+}
+
+/// Text encoding of a signature in a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// What the generic `hmac` scheme signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignedContent {
+    /// The raw body alone.
+    #[default]
+    Body,
+    /// The timestamp header's value, the separator, then the raw body.
+    TimestampBody,
+}
+
+/// Settings of the generic `hmac` scheme.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacConfig {
+    /// Header that carries the signature; matched case-insensitively.
+    pub header: String,
+    /// Text before the encoded signature in the header value, such as `sha256=`.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub algorithm: HmacAlgorithm,
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    #[serde(default)]
+    pub signed_content: SignedContent,
+    /// Header with the Unix timestamp in seconds; required with `timestamp_body`.
+    pub timestamp_header: Option<String>,
+    /// Bytes between the timestamp and the body in the signed content.
+    #[serde(default = "defaults::separator")]
+    pub separator: String,
 }
 
 /// One provider endpoint, served at `POST /webhooks/{name}`.
@@ -106,8 +220,24 @@ pub struct SourceConfig {
     pub name: String,
     pub scheme: SchemeKind,
     /// Secret references (`env:NAME` or `file:PATH`). A signature made with any of them is
-    /// accepted, which is how a secret is rotated.
+    /// accepted, which is how a secret is rotated. Required unless the scheme is `none`.
+    #[serde(default)]
     pub secrets: Vec<String>,
+    /// URL the provider posts to, as the provider sees it (the `twilio` scheme signs it).
+    pub public_url: Option<String>,
+    /// Settings of the `hmac` scheme.
+    pub hmac: Option<HmacConfig>,
+    /// Accepted media types, such as `application/json`; `type/*` and `*/*` match more.
+    /// Parameters such as `charset` are ignored. The scheme's default if unset.
+    pub content_types: Option<Vec<String>>,
+    /// Accepted `Content-Encoding` values. The body is verified and stored as received, never
+    /// decoded.
+    #[serde(default = "defaults::content_encodings")]
+    pub content_encodings: Vec<String>,
+    /// Client address ranges allowed to post, as CIDR ranges or single addresses; any
+    /// address if unset.
+    #[serde(default, deserialize_with = "ip_ranges::deserialize_option")]
+    pub allowed_ips: Option<Vec<IpNet>>,
     /// Largest accepted body in bytes.
     #[serde(default = "defaults::body_limit")]
     pub body_limit: usize,
@@ -274,9 +404,7 @@ impl Config {
             if !source_names.insert(source.name.as_str()) {
                 return invalid(format!("source {:?} is defined twice", source.name));
             }
-            if source.secrets.is_empty() {
-                return invalid(format!("source {:?} has no secrets", source.name));
-            }
+            validate_scheme_settings(source)?;
             if source.body_limit == 0 {
                 return invalid(format!(
                     "source {:?}: body_limit must be above 0",
@@ -314,6 +442,73 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks that a source has the settings its scheme needs, and none that it would ignore.
+fn validate_scheme_settings(source: &SourceConfig) -> Result<(), ConfigError> {
+    let name = &source.name;
+    let scheme = source.scheme;
+    let invalid =
+        |message: String| Err(ConfigError::Invalid(format!("source {name:?}: {message}")));
+
+    match (scheme, source.secrets.is_empty()) {
+        (SchemeKind::None, false) => {
+            return invalid("scheme \"none\" verifies nothing, so it takes no secrets".into());
+        }
+        (SchemeKind::None, true) => {}
+        (_, true) => return invalid("has no secrets".into()),
+        (_, false) => {}
+    }
+    match (scheme, &source.public_url) {
+        (SchemeKind::Twilio, None) => {
+            return invalid("scheme \"twilio\" needs public_url, the URL Twilio posts to".into());
+        }
+        (SchemeKind::Twilio, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return invalid("public_url is only used by scheme \"twilio\"".into()),
+    }
+    match (scheme, &source.hmac) {
+        (SchemeKind::Hmac, None) => return invalid("scheme \"hmac\" needs an [hmac] table".into()),
+        (SchemeKind::Hmac, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return invalid("the hmac table is only used by scheme \"hmac\"".into()),
+    }
+    if source.content_encodings.is_empty() {
+        return invalid("content_encodings must list at least one encoding".into());
+    }
+    if source.content_types.as_ref().is_some_and(Vec::is_empty) {
+        return invalid("content_types must list at least one media type".into());
+    }
+    Ok(())
+}
+
+/// Reads address ranges written as CIDR (`10.0.0.0/8`) or as one address (`15.204.75.108`).
+mod ip_ranges {
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::net::IpAddr;
+
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        if let Ok(range) = text.parse::<IpNet>() {
+            return Ok(range.trunc());
+        }
+        text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            format!(
+                "invalid address range {text:?}; expected CIDR such as 10.0.0.0/8, or an address"
+            )
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| parse(text).map_err(D::Error::custom))
+            .collect()
+    }
+
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<IpNet>>, D::Error> {
+        deserialize(deserializer).map(Some)
     }
 }
 
@@ -375,6 +570,14 @@ mod defaults {
     }
     pub fn body_hash_window() -> Duration {
         Duration::from_secs(5 * 60)
+    }
+    pub fn separator() -> String {
+        ".".into()
+    }
+    /// Providers send bodies as they are; a compressed body would need decoding before any
+    /// JSON pointer could read it.
+    pub fn content_encodings() -> Vec<String> {
+        vec!["identity".into()]
     }
     pub fn all_events() -> Vec<String> {
         vec!["*".into()]
@@ -454,6 +657,99 @@ mod tests {
     fn unknown_key_is_rejected() {
         let text = format!("listne = \"127.0.0.1:1\"\n{EXAMPLE}");
         assert!(Config::from_toml(&text).is_err());
+    }
+
+    fn with_source(source: &str) -> Result<Config, String> {
+        let text = format!("[[sources]]\nname = \"src\"\n{source}");
+        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn scheme_none_takes_no_secrets() {
+        assert!(with_source("scheme = \"none\"").is_ok());
+        let err = with_source("scheme = \"none\"\nsecrets = [\"env:X\"]").unwrap_err();
+        assert!(err.contains("none"), "{err}");
+    }
+
+    #[test]
+    fn missing_scheme_is_rejected() {
+        let err = with_source("secrets = [\"env:X\"]").unwrap_err();
+        assert!(err.contains("scheme"), "{err}");
+    }
+
+    #[test]
+    fn signing_scheme_needs_secrets() {
+        let err = with_source("scheme = \"github\"").unwrap_err();
+        assert!(err.contains("no secrets"), "{err}");
+    }
+
+    #[test]
+    fn twilio_needs_public_url() {
+        let err = with_source("scheme = \"twilio\"\nsecrets = [\"env:X\"]").unwrap_err();
+        assert!(err.contains("public_url"), "{err}");
+        let ok = "scheme = \"twilio\"\nsecrets = [\"env:X\"]\npublic_url = \"https://h.example/t\"";
+        assert!(with_source(ok).is_ok());
+    }
+
+    #[test]
+    fn public_url_on_other_scheme_is_rejected() {
+        let text =
+            "scheme = \"github\"\nsecrets = [\"env:X\"]\npublic_url = \"https://h.example/t\"";
+        let err = with_source(text).unwrap_err();
+        assert!(err.contains("public_url"), "{err}");
+    }
+
+    #[test]
+    fn hmac_table_parses_with_defaults() {
+        let text = "scheme = \"hmac\"\nsecrets = [\"env:X\"]\n[sources.hmac]\nheader = \"X-Sig\"";
+        let config = with_source(text).unwrap();
+        let hmac = config.sources[0].hmac.as_ref().unwrap();
+        assert_eq!(hmac.algorithm, HmacAlgorithm::Sha256);
+        assert_eq!(hmac.encoding, SignatureEncoding::Hex);
+        assert_eq!(hmac.signed_content, SignedContent::Body);
+        assert_eq!(hmac.separator, ".");
+    }
+
+    #[test]
+    fn hmac_scheme_needs_its_table() {
+        let err = with_source("scheme = \"hmac\"\nsecrets = [\"env:X\"]").unwrap_err();
+        assert!(err.contains("hmac"), "{err}");
+    }
+
+    #[test]
+    fn allowed_ips_take_ranges_and_addresses() {
+        let text = "scheme = \"makini\"\nsecrets = [\"env:X\"]\n\
+                    allowed_ips = [\"15.204.75.108\", \"10.0.0.0/8\", \"2001:db8::/32\"]";
+        let config = with_source(text).unwrap();
+        let ranges = config.sources[0].allowed_ips.as_ref().unwrap();
+        assert_eq!(ranges[0].to_string(), "15.204.75.108/32");
+        assert_eq!(ranges[1].to_string(), "10.0.0.0/8");
+        assert_eq!(ranges[2].to_string(), "2001:db8::/32");
+    }
+
+    #[test]
+    fn invalid_address_range_is_rejected() {
+        let text = "scheme = \"makini\"\nsecrets = [\"env:X\"]\nallowed_ips = [\"10.0.0.0/33\"]";
+        let err = with_source(text).unwrap_err();
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        let config =
+            Config::from_toml("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]").unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn scheme_names_round_trip() {
+        for (name, kind) in SchemeKind::ALL {
+            assert_eq!(name.parse::<SchemeKind>(), Ok(kind));
+            assert_eq!(kind.name(), name);
+        }
+        assert!("svix".parse::<SchemeKind>().is_err());
     }
 
     #[test]

@@ -11,6 +11,12 @@ use serde_json::json;
 pub enum ReceiveError {
     #[error("unknown source")]
     UnknownSource,
+    /// The client address is outside the source's `allowed_ips`.
+    #[error("client address {client} is not allowed")]
+    Forbidden { client: String },
+    /// The message says which types or encodings the source accepts.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("cannot read request body: {0}")]
@@ -29,6 +35,8 @@ impl ReceiveError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownSource => StatusCode::NOT_FOUND,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::Verify(VerifyError::Malformed { .. }) => StatusCode::BAD_REQUEST,
@@ -43,6 +51,8 @@ impl ReceiveError {
     fn client_message(&self) -> String {
         match self {
             Self::UnknownSource => "no source is configured at this path".into(),
+            Self::Forbidden { .. } => "the client address is not allowed for this source".into(),
+            Self::UnsupportedMediaType(message) => message.clone(),
             Self::TooLarge { limit } => format!("body exceeds the limit of {limit} bytes"),
             Self::BodyRead(_) => "the request body could not be read".into(),
             Self::Verify(error @ VerifyError::Malformed { .. }) => error.to_string(),

@@ -22,7 +22,8 @@ pub struct Identity {
 }
 
 /// Finds the event id (scheme, then configured headers, then JSON pointers, then a body hash)
-/// and the event type.
+/// and the event type (scheme, then JSON pointer). The pointers read the scheme's JSON
+/// document when it found one inside the body, such as a form's `payload` field.
 pub fn identify(
     source: &SourceRuntime,
     headers: &HeaderMap,
@@ -32,13 +33,18 @@ pub fn identify(
     let header_id = verified
         .event_id
         .or_else(|| id_from_headers(headers, &source.id_headers));
+    let scheme_type = verified.event_type.filter(|t| !t.is_empty());
 
     // Parsed at most once, and only when a pointer needs it. serde_json stops at 128 levels
     // of nesting, so a nesting bomb fails to parse instead of exhausting the stack.
-    let needs_json = source.event_type_pointer.is_some()
+    let needs_json = (scheme_type.is_none() && source.event_type_pointer.is_some())
         || (header_id.is_none() && !source.id_pointers.is_empty());
+    let document = verified
+        .document
+        .as_ref()
+        .map_or(body, |text| text.as_bytes());
     let json = needs_json
-        .then(|| serde_json::from_slice::<Value>(body).ok())
+        .then(|| serde_json::from_slice::<Value>(document).ok())
         .flatten();
 
     let provided = header_id
@@ -51,12 +57,13 @@ pub fn identify(
         })
         .filter(|id| !id.is_empty());
 
-    let event_type = source
-        .event_type_pointer
-        .as_deref()
-        .and_then(|pointer| match json.as_ref()?.pointer(pointer)? {
-            Value::String(text) => Some(text.clone()),
-            _ => None,
+    let event_type = scheme_type
+        .or_else(|| {
+            let pointer = source.event_type_pointer.as_deref()?;
+            match json.as_ref()?.pointer(pointer)? {
+                Value::String(text) => Some(text.clone()),
+                _ => None,
+            }
         })
         .unwrap_or_default();
 

@@ -4,24 +4,25 @@ use super::{ReceiveError, ReceiveState, SourceRuntime, identify};
 use crate::event::{Event, unix_millis};
 use crate::ops::metrics::{ACK_SECONDS, DUPLICATES, REQUESTS, VERIFY_FAILURES};
 use crate::store::AcceptOutcome;
+use crate::verify::SignedRequest;
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub(super) async fn receive(
     State(state): State<Arc<ReceiveState>>,
     Path(source_name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
-    let result = receive_event(&state, &source_name, &headers, body).await;
+    let result = receive_event(&state, &source_name, request).await;
 
     // Unknown paths share one label, so that probing random names cannot grow the series.
     let label = match state.sources.contains_key(&source_name) {
@@ -41,25 +42,38 @@ pub(super) async fn receive(
 async fn receive_event(
     state: &ReceiveState,
     source_name: &str,
-    headers: &HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Json<Value>, ReceiveError> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let source = state
         .sources
         .get(source_name)
         .ok_or(ReceiveError::UnknownSource)?;
 
+    check_policy(state, source, &parts).inspect_err(|error| {
+        tracing::info!(source = %source.name, %error, "rejected delivery");
+    })?;
     let body = read_body(body, headers, source.body_limit).await?;
 
     let received_at = SystemTime::now();
-    let verified = source
+    let signed = SignedRequest {
+        headers,
+        query: parts.uri.query(),
+        body: &body,
+    };
+    let mut verified = source
         .scheme
-        .verify(headers, &body, received_at)
+        .verify(&signed, received_at)
         .inspect_err(|error| {
             tracing::info!(source = %source.name, reason = error.reason(), %error, "rejected delivery");
             metrics::counter!(VERIFY_FAILURES, "source" => source.name.clone(), "reason" => error.reason())
                 .increment(1);
         })?;
+    if let Some(reply) = verified.reply.take() {
+        tracing::info!(source = %source.name, "replied to a handshake; nothing stored");
+        return Ok(Json(reply));
+    }
 
     let identity = identify(source, headers, &body, verified);
     let event = Event {
@@ -70,14 +84,7 @@ async fn receive_event(
         payload: body,
     };
 
-    let outcome = store_event(
-        state,
-        source,
-        &event,
-        &identity.dedupe_key,
-        identity.window,
-    )
-    .await?;
+    let outcome = store_event(state, source, &event, &identity.dedupe_key, identity.window).await?;
     let status = match outcome {
         AcceptOutcome::Accepted => "accepted",
         AcceptOutcome::Duplicate => {
@@ -93,6 +100,29 @@ async fn receive_event(
         "received"
     );
     Ok(Json(json!({ "status": status, "id": event.id })))
+}
+
+/// Applies the source's client allow-list and accepted content types, before the body is
+/// read.
+fn check_policy(
+    state: &ReceiveState,
+    source: &SourceRuntime,
+    parts: &axum::http::request::Parts,
+) -> Result<(), ReceiveError> {
+    if let Some(allowed) = &source.allowed_ips {
+        // Missing only when the router is served without connect info; then no client is
+        // known and the allow-list rejects the request.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        super::policy::check_client(allowed, &state.trusted_proxies, peer, &parts.headers)?;
+    }
+    super::policy::check_content(
+        &source.content_types,
+        &source.content_encodings,
+        &parts.headers,
+    )
 }
 
 /// Reads the whole body, stopping at `limit` bytes. A declared length above the limit is

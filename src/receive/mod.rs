@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod handler;
+pub mod policy;
 
 pub use error::ReceiveError;
 pub use extract::{Identity, identify};
@@ -15,6 +16,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::routing::post;
+use ipnet::IpNet;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,11 @@ pub struct SourceRuntime {
     pub event_type_pointer: Option<String>,
     pub dedupe_window: Duration,
     pub body_hash_window: Duration,
+    /// Accepted media types, lowercase; `type/*` and `*/*` are patterns.
+    pub content_types: Vec<String>,
+    pub content_encodings: Vec<String>,
+    /// Client address ranges allowed to post; any address when `None`.
+    pub allowed_ips: Option<Vec<IpNet>>,
 }
 
 impl SourceRuntime {
@@ -61,6 +68,23 @@ impl SourceRuntime {
             .clone()
             .or_else(|| scheme.default_event_type_pointer().map(str::to_owned));
 
+        let content_types = match &config.content_types {
+            Some(types) => types.clone(),
+            None => scheme
+                .default_content_types()
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        };
+        for media in &content_types {
+            if media.parse::<mime::Mime>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "source {:?}: invalid media type {media:?} in content_types",
+                    config.name
+                )));
+            }
+        }
+
         Ok(Self {
             name: config.name.clone(),
             scheme,
@@ -70,6 +94,12 @@ impl SourceRuntime {
             event_type_pointer,
             dedupe_window: config.dedupe_window,
             body_hash_window: config.body_hash_window,
+            content_types: content_types
+                .iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+            content_encodings: config.content_encodings.clone(),
+            allowed_ips: config.allowed_ips.clone(),
         })
     }
 }
@@ -81,6 +111,8 @@ pub struct ReceiveState {
     /// Longest wait for the store before responding 503.
     pub ack_timeout: Duration,
     pub retry_after_secs: u32,
+    /// Proxies whose `X-Forwarded-For` is believed when a source checks client addresses.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Builds the router of the receive endpoints.

@@ -2,9 +2,8 @@
 //! secret's UTF-8 bytes. Makini's documentation has shown the digest both as lowercase hex and
 //! as base64, so both encodings are accepted.
 
-use super::{Scheme, Verified, VerifyError, header_values, macs_equal};
+use super::{Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, header_values};
 use crate::config::SecretBytes;
-use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, Mac};
@@ -58,10 +57,10 @@ fn decode_signature(value: &[u8]) -> Option<Vec<u8>> {
 impl Scheme for Makini {
     fn verify(
         &self,
-        headers: &HeaderMap,
-        body: &[u8],
+        request: &SignedRequest<'_>,
         _now: SystemTime,
     ) -> Result<Verified, VerifyError> {
+        let headers = request.headers;
         let given: Vec<Vec<u8>> = header_values(headers, HEADER)
             .filter_map(decode_signature)
             .collect();
@@ -75,14 +74,8 @@ impl Scheme for Makini {
             });
         }
 
-        // Every secret is tried even after a match, so timing does not reveal which one matched.
-        let mut matched = false;
-        for secret in &self.secrets {
-            let expected = mac(secret.expose(), body);
-            for signature in &given {
-                matched |= macs_equal(&expected, signature);
-            }
-        }
+        let matched =
+            any_secret_matches(&self.secrets, &given, |key| mac(key, request.body).to_vec());
         match matched {
             true => Ok(Verified::default()),
             false => Err(VerifyError::Mismatch),
@@ -101,7 +94,7 @@ impl Scheme for Makini {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderMap, HeaderValue};
 
     const SECRET: &[u8] = b"makini-test-secret";
     const BODY: &[u8] =
@@ -120,7 +113,10 @@ mod tests {
     }
 
     fn verify(values: &[&str], body: &[u8]) -> Result<Verified, VerifyError> {
-        scheme().verify(&headers(values), body, SystemTime::now())
+        scheme().verify(
+            &SignedRequest::new(&headers(values), body),
+            SystemTime::now(),
+        )
     }
 
     #[test]
@@ -202,7 +198,8 @@ mod tests {
         ]);
         for secret in [&b"old"[..], b"new"] {
             let signature = Makini::sign_hex(secret, BODY);
-            let result = scheme.verify(&headers(&[&signature]), BODY, SystemTime::now());
+            let headers = headers(&[&signature]);
+            let result = scheme.verify(&SignedRequest::new(&headers, BODY), SystemTime::now());
             assert!(result.is_ok());
         }
     }

@@ -4,7 +4,7 @@
 //! scheme under `svix-*` header names.
 
 use super::makini::BASE64;
-use super::{Scheme, Verified, VerifyError, check_timestamp, macs_equal};
+use super::{Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, check_timestamp};
 use crate::config::SecretBytes;
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -82,10 +82,10 @@ fn v1_signatures(headers: &HeaderMap, name: &'static str) -> Vec<Vec<u8>> {
 impl Scheme for Standard {
     fn verify(
         &self,
-        headers: &HeaderMap,
-        body: &[u8],
+        request: &SignedRequest<'_>,
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
+        let headers = request.headers;
         let names =
             if headers.contains_key(STANDARD.signature) || !headers.contains_key(SVIX.signature) {
                 &STANDARD
@@ -116,16 +116,13 @@ impl Scheme for Standard {
         )?;
         let given = v1_signatures(headers, names.signature);
 
-        let mut matched = false;
-        for key in &self.keys {
-            let expected = mac(key.expose(), id, timestamp, body);
-            for signature in &given {
-                matched |= macs_equal(&expected, signature);
-            }
-        }
+        let matched = any_secret_matches(&self.keys, &given, |key| {
+            mac(key, id, timestamp, request.body).to_vec()
+        });
         match matched {
             true => Ok(Verified {
                 event_id: Some(id.to_owned()),
+                ..Verified::default()
             }),
             false => Err(VerifyError::Mismatch),
         }
@@ -184,7 +181,10 @@ mod tests {
     #[test]
     fn published_vector_verifies() {
         let verified = scheme()
-            .verify(&vector_headers(SIGNATURE), BODY, at(TIMESTAMP))
+            .verify(
+                &SignedRequest::new(&vector_headers(SIGNATURE), BODY),
+                at(TIMESTAMP),
+            )
             .unwrap();
         assert_eq!(verified.event_id.as_deref(), Some(ID));
     }
@@ -192,7 +192,10 @@ mod tests {
     #[test]
     fn vector_with_last_char_changed_fails() {
         let wrong = SIGNATURE.replace("1OE=", "1OA=");
-        let result = scheme().verify(&vector_headers(&wrong), BODY, at(TIMESTAMP));
+        let result = scheme().verify(
+            &SignedRequest::new(&vector_headers(&wrong), BODY),
+            at(TIMESTAMP),
+        );
         assert_eq!(result, Err(VerifyError::Mismatch));
     }
 
@@ -202,7 +205,10 @@ mod tests {
         let scheme = Standard::new(vec![decode_secret(bare).unwrap()], Duration::from_secs(300));
         assert!(
             scheme
-                .verify(&vector_headers(SIGNATURE), BODY, at(TIMESTAMP))
+                .verify(
+                    &SignedRequest::new(&vector_headers(SIGNATURE), BODY),
+                    at(TIMESTAMP)
+                )
                 .is_ok()
         );
     }
@@ -212,7 +218,10 @@ mod tests {
         let list = format!("v1a,abc v1,bm90LXRoZS1zaWduYXR1cmU= {SIGNATURE}");
         assert!(
             scheme()
-                .verify(&vector_headers(&list), BODY, at(TIMESTAMP))
+                .verify(
+                    &SignedRequest::new(&vector_headers(&list), BODY),
+                    at(TIMESTAMP)
+                )
                 .is_ok()
         );
     }
@@ -220,21 +229,33 @@ mod tests {
     #[test]
     fn svix_header_names_accepted() {
         let headers = headers("svix", ID, &TIMESTAMP.to_string(), SIGNATURE);
-        assert!(scheme().verify(&headers, BODY, at(TIMESTAMP)).is_ok());
+        assert!(
+            scheme()
+                .verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP))
+                .is_ok()
+        );
     }
 
     #[test]
     fn timestamp_tolerance_applies_both_ways() {
         let scheme = scheme();
         let headers = vector_headers(SIGNATURE);
-        assert!(scheme.verify(&headers, BODY, at(TIMESTAMP + 300)).is_ok());
-        assert!(scheme.verify(&headers, BODY, at(TIMESTAMP - 300)).is_ok());
+        assert!(
+            scheme
+                .verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP + 300))
+                .is_ok()
+        );
+        assert!(
+            scheme
+                .verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP - 300))
+                .is_ok()
+        );
         assert_eq!(
-            scheme.verify(&headers, BODY, at(TIMESTAMP + 301)),
+            scheme.verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP + 301)),
             Err(VerifyError::Expired)
         );
         assert_eq!(
-            scheme.verify(&headers, BODY, at(TIMESTAMP - 301)),
+            scheme.verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP - 301)),
             Err(VerifyError::Expired)
         );
     }
@@ -242,7 +263,7 @@ mod tests {
     #[test]
     fn millisecond_timestamp_is_malformed() {
         let headers = headers("webhook", ID, "1614265330000", SIGNATURE);
-        let result = scheme().verify(&headers, BODY, at(TIMESTAMP));
+        let result = scheme().verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP));
         assert!(
             matches!(result, Err(VerifyError::Malformed { .. })),
             "{result:?}"
@@ -252,7 +273,7 @@ mod tests {
     #[test]
     fn garbage_timestamp_is_malformed() {
         let headers = headers("webhook", ID, "yesterday", SIGNATURE);
-        let result = scheme().verify(&headers, BODY, at(TIMESTAMP));
+        let result = scheme().verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP));
         assert!(
             matches!(result, Err(VerifyError::Malformed { .. })),
             "{result:?}"
@@ -263,7 +284,7 @@ mod tests {
     fn changed_id_fails() {
         let headers = headers("webhook", "msg_other", &TIMESTAMP.to_string(), SIGNATURE);
         assert_eq!(
-            scheme().verify(&headers, BODY, at(TIMESTAMP)),
+            scheme().verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP)),
             Err(VerifyError::Mismatch)
         );
     }
@@ -273,7 +294,7 @@ mod tests {
         let mut headers = vector_headers(SIGNATURE);
         headers.remove("webhook-signature");
         assert_eq!(
-            scheme().verify(&headers, BODY, at(TIMESTAMP)),
+            scheme().verify(&SignedRequest::new(&headers, BODY), at(TIMESTAMP)),
             Err(VerifyError::MissingHeader("webhook-signature"))
         );
     }
