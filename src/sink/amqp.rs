@@ -39,6 +39,9 @@ struct Link {
 
 pub struct AmqpSink {
     url: String,
+    /// Shown by the broker (`rabbitmqctl list_connections client_properties`) to tell this
+    /// sink's connection apart.
+    connection_name: String,
     exchange: ShortString,
     routing_key: Template,
     mandatory: bool,
@@ -46,7 +49,9 @@ pub struct AmqpSink {
 }
 
 impl AmqpSink {
+    /// Builds the sink; `name` is the sink's name in the config, used in the connection name.
     pub fn new(
+        name: &str,
         url: &str,
         exchange: &str,
         routing_key: &str,
@@ -59,6 +64,7 @@ impl AmqpSink {
         let routing_key = Template::parse(routing_key).map_err(|e| format!("routing_key: {e}"))?;
         Ok(Self {
             url: url.to_owned(),
+            connection_name: format!("hookrelay sink {name}"),
             exchange,
             routing_key,
             mandatory,
@@ -94,7 +100,9 @@ impl AmqpSink {
         let failed = |e: lapin::Error| {
             SinkError::retryable(format!("cannot connect to the AMQP broker: {e}"))
         };
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.as_str().into());
+        let connection = Connection::connect(&self.url, properties)
             .await
             .map_err(failed)?;
         let channel = connection.create_channel().await.map_err(failed)?;
@@ -219,7 +227,9 @@ mod tests {
 
     #[test]
     fn invalid_url_is_rejected() {
-        assert!(AmqpSink::new("http://x", "ex", "{event}", true).is_err());
-        assert!(AmqpSink::new("amqp://127.0.0.1:5672/%2f", "ex", "{event}", true).is_ok());
+        assert!(AmqpSink::new("events", "http://x", "ex", "{event}", true).is_err());
+        assert!(
+            AmqpSink::new("events", "amqp://127.0.0.1:5672/%2f", "ex", "{event}", true).is_ok()
+        );
     }
 }

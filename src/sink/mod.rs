@@ -93,6 +93,7 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             routing_key,
             mandatory,
         } => Ok(Box::new(AmqpSink::new(
+            &config.name,
             url,
             exchange,
             routing_key,
