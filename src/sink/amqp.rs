@@ -1,9 +1,9 @@
 //! RabbitMQ (AMQP 0-9-1) sink: one `basic.publish` per event to an exchange, with a routing
 //! key built from a [`Template`], waiting for the broker's publisher confirm.
 //!
-//! Each message is persistent (delivery mode 2), carries the event id as `message_id`, the
-//! event type as `type`, the receipt time as `timestamp` (seconds) and the headers
-//! `Hookrelay-Source` and `Hookrelay-Event-Type`; the body is the payload as received.
+//! Each message is persistent (delivery mode 2) and its body is the payload as received. It
+//! carries the event id as `message_id`, the event type as `type`, the receipt time as
+//! `timestamp` (seconds), and the headers `Hookrelay-Source` and `Hookrelay-Event-Type`.
 //! RabbitMQ itself does not drop a re-sent `message_id`, so consumers that must see an event
 //! once deduplicate on it.
 //!

@@ -6,8 +6,8 @@
 //! downstream verifies hookrelay the way hookrelay verified the provider. `webhook-id` is the
 //! event id, so it stays the same across retries; the timestamp is the time of each attempt.
 //!
-//! A 2xx answer is success. 408, 429, 5xx and network errors are retried, no sooner than a
-//! `Retry-After` answer asks; any other status is permanent. Redirects are not followed,
+//! A 2xx response is success. 408, 429, 5xx and network errors are retried, no sooner than a
+//! `Retry-After` header asks; any other status is permanent. Redirects are not followed,
 //! because a redirected `POST` may lose its body.
 
 use super::{EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, header_text};
@@ -68,7 +68,7 @@ impl HttpSink {
     fn headers(&self, event: &Event, body: &[u8], json: bool) -> Result<HeaderMap, SinkError> {
         let value = |text: &str| {
             HeaderValue::from_bytes(header_text(text).as_bytes())
-                .map_err(|e| SinkError::permanent(format!("cannot build HTTP header: {e}")))
+                .map_err(|e| SinkError::permanent(format!("invalid HTTP header value: {e}")))
         };
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -129,7 +129,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Result<
     let retryable = status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
-    let message = format!("downstream answered {status}");
+    let message = format!("downstream responded {status}");
     if retryable {
         Err(SinkError::retryable(message).with_retry_after(retry_after(headers, now)))
     } else {

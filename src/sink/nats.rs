@@ -128,7 +128,7 @@ impl NatsSink {
     fn message(event: &Event) -> Result<PublishMessage, SinkError> {
         let value = |text: &str| {
             HeaderValue::from_str(&header_text(text))
-                .map_err(|e| SinkError::permanent(format!("cannot build NATS header: {e}")))
+                .map_err(|e| SinkError::permanent(format!("invalid NATS header value: {e}")))
         };
         Ok(PublishMessage::build()
             .payload(event.payload.clone())
