@@ -6,7 +6,7 @@ use crate::receive::{self, ReceiveState, SourceRuntime};
 use crate::sink::{self, Sink};
 use crate::store::Store;
 use crate::store::redis::{RedisStore, RedisStoreOptions};
-use crate::worker::{Router as EventRouter, Worker};
+use crate::worker::{Router as EventRouter, Worker, WorkerStats};
 use axum::body::Body;
 use axum::http::{HeaderName, Request};
 use std::collections::HashMap;
@@ -92,12 +92,12 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
             sinks.insert(sink_config.name.clone(), Arc::from(sink));
         }
         let router = EventRouter::new(&config.routes).map_err(StartupError::Route)?;
-        Some(Worker::new(
-            store.clone(),
-            sinks,
-            router,
-            config.worker.clone(),
-        ))
+        let mut worker = Worker::new(store.clone(), sinks, router, config.worker.clone());
+        for sink_config in &config.sinks {
+            let timeout = sink_config.timeout.unwrap_or(config.worker.sink_timeout);
+            worker = worker.limit_sink(&sink_config.name, sink_config.concurrency, timeout);
+        }
+        Some(worker)
     } else {
         None
     };
@@ -149,6 +149,8 @@ fn with_request_layers(router: axum::Router) -> axum::Router {
 /// A service running in the background, as started by [`start`].
 pub struct Running {
     pub addr: SocketAddr,
+    /// The worker's counters; `None` when the worker is disabled.
+    pub worker_stats: Option<Arc<WorkerStats>>,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), std::io::Error>>,
     worker: Option<JoinHandle<()>>,
@@ -176,6 +178,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let addr = listener.local_addr().map_err(StartupError::Serve)?;
     let shutdown = CancellationToken::new();
 
+    let worker_stats = app.worker.as_ref().map(Worker::stats);
     let worker = app
         .worker
         .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
@@ -192,6 +195,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
 
     Ok(Running {
         addr,
+        worker_stats,
         shutdown,
         server,
         worker,

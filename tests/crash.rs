@@ -30,6 +30,7 @@ key_prefix = "{prefix}"
 backoff_initial = "50ms"
 backoff_max = "200ms"
 visibility_timeout = "1s"
+sink_timeout = "500ms"
 [[sources]]
 name = "makini"
 scheme = "makini"

@@ -260,16 +260,23 @@ pub struct SourceConfig {
     pub body_hash_window: Duration,
 }
 
-/// A downstream destination of forwarded events.
+/// A downstream destination of forwarded events. Every sink is documented in `docs/sinks.md`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SinkConfig {
     pub name: String,
+    /// Deliveries to this sink in flight at once, across all events.
+    #[serde(default = "defaults::sink_concurrency")]
+    pub concurrency: usize,
+    /// Time limit of one delivery to this sink, the wait for a free concurrency slot included;
+    /// `worker.sink_timeout` when unset.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     #[serde(flatten)]
     pub kind: SinkKind,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkKind {
     /// `XADD` to a Redis Stream.
     RedisStream {
@@ -281,6 +288,57 @@ pub enum SinkKind {
         #[serde(default = "defaults::dedupe_window", with = "humantime_serde")]
         dedupe_window: Duration,
     },
+    /// Publish to NATS JetStream and wait for the stream's acknowledgement.
+    Nats {
+        /// Server URL such as `nats://127.0.0.1:4222`.
+        url: String,
+        /// Subject template; `{source}` and `{event}` are replaced per event.
+        subject: String,
+        /// Creates `stream` on first use when it does not exist.
+        #[serde(default)]
+        create_stream: bool,
+        /// Name of the stream to create; required with `create_stream`.
+        stream: Option<String>,
+        /// Subjects of the created stream; derived from `subject` when unset.
+        stream_subjects: Option<Vec<String>>,
+        /// Duplicate window of the created stream.
+        #[serde(default = "defaults::nats_duplicate_window", with = "humantime_serde")]
+        duplicate_window: Duration,
+    },
+    /// Publish to a RabbitMQ (AMQP 0-9-1) exchange with publisher confirms.
+    Amqp {
+        /// Broker URL such as `amqp://guest:guest@127.0.0.1:5672/%2f`.
+        url: String,
+        /// Exchange name; the empty string is the default exchange.
+        exchange: String,
+        /// Routing-key template; `{source}` and `{event}` are replaced per event.
+        routing_key: String,
+        /// Publishes with the mandatory flag, so a message no queue receives fails the
+        /// delivery instead of vanishing.
+        #[serde(default = "defaults::yes")]
+        mandatory: bool,
+    },
+    /// POST to an HTTP endpoint, signed with the Standard Webhooks scheme.
+    Http {
+        url: String,
+        /// Signing secret reference (`env:NAME` or `file:PATH`) whose value is a Standard
+        /// Webhooks secret, `whsec_` followed by base64.
+        secret: String,
+        /// Request body: the original payload or a JSON envelope.
+        #[serde(default)]
+        body: HttpBody,
+    },
+}
+
+/// Body of the requests of an `http` sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpBody {
+    /// The body exactly as the provider sent it.
+    #[default]
+    Payload,
+    /// A JSON object with the event's id, source, type, receipt time and payload.
+    Envelope,
 }
 
 /// Sends the events of one source whose type matches one of `events` to every sink in `sinks`.
@@ -424,6 +482,23 @@ impl Config {
             if !sink_names.insert(sink.name.as_str()) {
                 return invalid(format!("sink {:?} is defined twice", sink.name));
             }
+            if sink.concurrency == 0 {
+                return invalid(format!(
+                    "sink {:?}: concurrency must be at least 1",
+                    sink.name
+                ));
+            }
+            // A delivery still running when the visibility timeout ends is taken over by
+            // another worker, which sends the event a second time.
+            let timeout = sink.timeout.unwrap_or(self.worker.sink_timeout);
+            if timeout.is_zero() || timeout >= self.worker.visibility_timeout {
+                return invalid(format!(
+                    "sink {:?}: timeout must be above zero and below worker.visibility_timeout ({}), got {}",
+                    sink.name,
+                    humantime::format_duration(self.worker.visibility_timeout),
+                    humantime::format_duration(timeout)
+                ));
+            }
         }
 
         for route in &self.routes {
@@ -556,6 +631,14 @@ mod defaults {
     }
     pub fn sink_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn sink_concurrency() -> usize {
+        16
+    }
+    /// Above the default `worker.backoff_max` (10 min), so a retry after a lost
+    /// acknowledgement still falls inside the window.
+    pub fn nats_duplicate_window() -> Duration {
+        Duration::from_secs(15 * 60)
     }
     /// GitHub sends bodies of up to 25 MB; a little above that.
     pub fn body_limit() -> usize {
@@ -750,6 +833,82 @@ mod tests {
             assert_eq!(kind.name(), name);
         }
         assert!("svix".parse::<SchemeKind>().is_err());
+    }
+
+    const BROKER_SINKS: &str = r#"
+        [[sinks]]
+        name = "bus"
+        type = "nats"
+        url = "nats://127.0.0.1:4222"
+        subject = "makini.{event}"
+        create_stream = true
+        stream = "MAKINI"
+        concurrency = 4
+        timeout = "2s"
+        [[sinks]]
+        name = "rabbit"
+        type = "amqp"
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        exchange = "hooks"
+        routing_key = "{source}.{event}"
+        [[sinks]]
+        name = "downstream"
+        type = "http"
+        url = "http://127.0.0.1:9000/hooks"
+        secret = "env:DOWNSTREAM_SECRET"
+        body = "envelope"
+    "#;
+
+    #[test]
+    fn broker_sinks_parse_with_defaults() {
+        let config = Config::from_toml(&format!("{EXAMPLE}{BROKER_SINKS}")).unwrap();
+        config.validate().unwrap();
+        let nats = &config.sinks[1];
+        assert_eq!(nats.concurrency, 4);
+        assert_eq!(nats.timeout, Some(Duration::from_secs(2)));
+        assert!(matches!(
+            &nats.kind,
+            SinkKind::Nats { duplicate_window, .. } if *duplicate_window == Duration::from_secs(900)
+        ));
+        let amqp = &config.sinks[2];
+        assert_eq!(amqp.concurrency, 16);
+        assert_eq!(amqp.timeout, None);
+        assert!(matches!(
+            &amqp.kind,
+            SinkKind::Amqp {
+                mandatory: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &config.sinks[3].kind,
+            SinkKind::Http {
+                body: HttpBody::Envelope,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_sink_key_is_rejected() {
+        let text = format!("{EXAMPLE}{BROKER_SINKS}").replace("exchange =", "exchnage =");
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(err.to_string().contains("exchnage"), "{err}");
+    }
+
+    #[test]
+    fn sink_timeout_must_stay_below_visibility_timeout() {
+        let text =
+            format!("{EXAMPLE}{BROKER_SINKS}").replace(r#"timeout = "2s""#, r#"timeout = "60s""#);
+        let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("visibility_timeout"), "{err}");
+    }
+
+    #[test]
+    fn zero_sink_concurrency_is_rejected() {
+        let text = format!("{EXAMPLE}{BROKER_SINKS}").replace("concurrency = 4", "concurrency = 0");
+        let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("concurrency"), "{err}");
     }
 
     #[test]

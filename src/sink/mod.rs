@@ -1,12 +1,31 @@
 //! Downstream destinations, one file per kind behind the [`Sink`] trait.
+//!
+//! Every sink passes the event id to the destination where the destination can drop a
+//! re-sent copy: a marker key on Redis, `Nats-Msg-Id` on JetStream, `message_id` on AMQP and
+//! `Idempotency-Key` on HTTP.
 
+mod amqp;
+mod http;
+mod nats;
 mod redis_stream;
+mod template;
 
+pub use amqp::AmqpSink;
+pub use http::HttpSink;
+pub use nats::NatsSink;
 pub use redis_stream::RedisStreamSink;
+pub use template::Template;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::event::Event;
 use async_trait::async_trait;
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// Header carrying the source name on NATS, AMQP and HTTP deliveries.
+pub const SOURCE_HEADER: &str = "Hookrelay-Source";
+/// Header carrying the event type on NATS, AMQP and HTTP deliveries.
+pub const EVENT_TYPE_HEADER: &str = "Hookrelay-Event-Type";
 
 /// A failed delivery to one sink.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -16,6 +35,8 @@ pub struct SinkError {
     /// Whether another attempt may succeed; a permanent failure goes straight to the
     /// dead-letter queue.
     pub retryable: bool,
+    /// The earliest time the destination asked to be tried again (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl SinkError {
@@ -23,6 +44,7 @@ impl SinkError {
         Self {
             message: message.into(),
             retryable: true,
+            retry_after: None,
         }
     }
 
@@ -30,7 +52,14 @@ impl SinkError {
         Self {
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
+    }
+
+    /// Adds the destination's requested delay before the next attempt.
+    pub fn with_retry_after(mut self, delay: Option<Duration>) -> Self {
+        self.retry_after = delay;
+        self
     }
 }
 
@@ -57,5 +86,45 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             *maxlen,
             *dedupe_window,
         )?)),
+        SinkKind::Nats { .. } => Ok(Box::new(NatsSink::new(&config.kind)?)),
+        SinkKind::Amqp {
+            url,
+            exchange,
+            routing_key,
+            mandatory,
+        } => Ok(Box::new(AmqpSink::new(
+            &config.name,
+            url,
+            exchange,
+            routing_key,
+            *mandatory,
+        )?)),
+        SinkKind::Http { url, secret, body } => Ok(Box::new(HttpSink::new(url, secret, *body)?)),
+    }
+}
+
+/// Replaces control characters, which no header format allows, with spaces. Ids and types
+/// come from the provider's payload and may contain anything.
+pub(crate) fn header_text(value: &str) -> Cow<'_, str> {
+    if value.chars().any(char::is_control) {
+        Cow::Owned(
+            value
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_text;
+
+    #[test]
+    fn header_text_replaces_line_breaks() {
+        assert_eq!(header_text("a\r\nb"), "a  b");
+        assert_eq!(header_text("work_orders.inserted"), "work_orders.inserted");
     }
 }

@@ -88,6 +88,9 @@ pub struct RedisStore {
     /// Serves the request path only, so it never waits behind a blocking worker read.
     accept_conn: ConnectionManager,
     worker_conn: ConnectionManager,
+    /// Carries only the blocking `XREADGROUP`, so that settles of deliveries in flight do not
+    /// queue behind it on the worker connection.
+    blocking_conn: ConnectionManager,
     keys: Keys,
     consumer: String,
     visibility_timeout: Duration,
@@ -142,11 +145,15 @@ impl RedisStore {
         let accept_conn = ConnectionManager::new_lazy_with_config(client.clone(), accept_config)
             .map_err(unavailable)?;
         let worker_conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), worker_config.clone())
+                .map_err(unavailable)?;
+        let blocking_conn =
             ConnectionManager::new_lazy_with_config(client, worker_config).map_err(unavailable)?;
 
         Ok(Self {
             accept_conn,
             worker_conn,
+            blocking_conn,
             keys: Keys::new(&options.key_prefix),
             consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
             visibility_timeout: options.visibility_timeout,
@@ -278,7 +285,7 @@ impl RedisStore {
     }
 
     async fn read_new(&self, max: usize, wait: Duration) -> Result<Vec<RawEntry>, StoreError> {
-        let mut conn = self.worker_conn.clone();
+        let mut conn = self.blocking_conn.clone();
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")

@@ -176,8 +176,18 @@ impl TestService {
         self.post_makini(body, Some(&signature)).await
     }
 
+    /// Stops the service and deletes the keys it wrote to the shared Redis, except the
+    /// idempotency keys and sink markers, which expire on their own.
     pub async fn stop(self) {
         self.running.stop().await.expect("service stops cleanly");
+        if let Ok(client) = redis::Client::open(STANDARD_REDIS)
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            let tagged = format!("{}:{{p0}}", self.spec.key_prefix);
+            let keys = ["inbox", "retry", "state", "dlq"].map(|name| format!("{tagged}:{name}"));
+            let _: redis::RedisResult<()> = conn.del(&keys).await;
+            let _: redis::RedisResult<()> = conn.del(&self.spec.stream).await;
+        }
     }
 }
 
