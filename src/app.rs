@@ -106,6 +106,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         sources,
         store: store.clone(),
         ack_timeout: config.ack_timeout,
+        body_timeout: config.body_timeout,
         retry_after_secs: config.retry_after_secs,
         trusted_proxies: config.trusted_proxies.clone(),
     });
@@ -242,13 +243,18 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-/// Hides the password of a Redis URL for logs.
+/// Hides the credentials of a URL for logs: the `user:password@` part and the whole query,
+/// which can carry a password too (`unix:///run/redis.sock?pass=...`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
+            format!("{}://***{}{query}", &base[..scheme_end], &base[at..])
         }
-        _ => url.to_owned(),
+        _ => format!("{base}{query}"),
     }
 }
 

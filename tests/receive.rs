@@ -273,6 +273,83 @@ async fn get_on_webhook_path_is_405() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 405);
+    let (status, json) = status_and_json(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(json["status"], "rejected");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_path_is_json_404() {
+    let (service, _secret) = service("path404").await;
+    for path in [
+        "/",
+        "/webhooks",
+        "/webhooks/makini/extra",
+        "/webhooks/%ff%fe",
+    ] {
+        let response = service
+            .client
+            .post(format!("{}{path}", service.base))
+            .send()
+            .await
+            .unwrap();
+        let (status, json) = status_and_json(response).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(json["status"], "rejected", "{path}");
+    }
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn same_body_after_window_forwarded_again() {
+    let secret = secret_file(SECRET);
+    let mut spec = ServiceSpec::new("rewindow", &secret);
+    spec.source = "body_hash_window = \"500ms\"".into();
+    let service = TestService::start(spec).await;
+
+    let (_, first) = status_and_json(service.post_signed(BODY).await).await;
+    assert_eq!(first["status"], "accepted");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, second) = status_and_json(service.post_signed(BODY).await).await;
+    assert_eq!(
+        second["status"], "accepted",
+        "a new notification once the window passed"
+    );
+
+    let stream = &service.spec.stream;
+    let entries = wait_for_entries(common::STANDARD_REDIS, stream, 2, FORWARD_WAIT).await;
+    assert_eq!(
+        entries.len(),
+        2,
+        "both acceptances reach the sink: {entries:?}"
+    );
+    assert_eq!(entries[0].id, entries[1].id);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_body_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let secret = secret_file(SECRET);
+    let mut spec = ServiceSpec::new("slowbody", &secret);
+    spec.top = "body_timeout = \"300ms\"".into();
+    let service = TestService::start(spec).await;
+
+    let mut stream = tokio::net::TcpStream::connect(service.running.addr)
+        .await
+        .unwrap();
+    let head = "POST /webhooks/makini HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+                x-webhook-signature: 00\r\ncontent-length: 100\r\n\r\n{\"event\":";
+    stream.write_all(head.as_bytes()).await.unwrap();
+
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response));
+    read.await
+        .expect("the service answers a stalled body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     service.stop().await;
 }

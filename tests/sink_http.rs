@@ -62,8 +62,10 @@ async fn http_delivers_once_signed() {
     let received = downstream.received();
     assert_eq!(received.len(), 1, "{received:?}");
     let request = &received[0];
-    assert_eq!(header(request, "idempotency-key"), id);
-    assert_eq!(header(request, "webhook-id"), id);
+    assert_eq!(header(request, "hookrelay-event-id"), id);
+    let delivery_id = header(request, "idempotency-key");
+    assert!(delivery_id.starts_with("dlv_"), "{delivery_id}");
+    assert_eq!(header(request, "webhook-id"), delivery_id);
     assert_eq!(header(request, "hookrelay-source"), SOURCE);
     assert_eq!(header(request, "hookrelay-event-type"), "orders.created");
     assert_eq!(header(request, "content-type"), "application/json");
@@ -91,8 +93,10 @@ async fn http_signature_verified_independently() {
 
     let request = &downstream.received()[0];
     let timestamp = header(request, "webhook-timestamp");
+    let message_id = header(request, "webhook-id");
+    assert_eq!(header(request, "hookrelay-event-id"), id);
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SINK_KEY).unwrap();
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(format!("{message_id}.{timestamp}.").as_bytes());
     mac.update(&request.body);
     let expected = format!(
         "v1,{}",
@@ -138,8 +142,11 @@ async fn http_500_twice_then_200() {
 
     let received = downstream.received();
     assert_eq!(received.len(), 3, "{received:?}");
+    // Every retry carries the same idempotency key, so the downstream can drop repeats.
+    let first_key = header(&received[0], "idempotency-key");
     for request in &received {
-        assert_eq!(header(request, "idempotency-key"), id);
+        assert_eq!(header(request, "hookrelay-event-id"), id);
+        assert_eq!(header(request, "idempotency-key"), first_key);
         assert!(signature_valid(request));
     }
     assert_eq!(service.stat(|s| &s.retried), 2);

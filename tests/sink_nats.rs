@@ -76,12 +76,13 @@ async fn nats_publishes_once_with_headers() {
     assert_eq!(messages.len(), 2, "{messages:?}");
     let plain = messages
         .iter()
-        .find(|m| header(m, "Nats-Msg-Id") == plain_id)
+        .find(|m| header(m, "Hookrelay-Event-Id") == plain_id)
         .expect("message of the plain event");
     assert_eq!(
         plain.subject.as_str(),
         format!("{prefix}.{SOURCE}.orders.created")
     );
+    assert!(header(plain, "Nats-Msg-Id").starts_with("dlv_"));
     assert_eq!(header(plain, "Hookrelay-Source"), SOURCE);
     assert_eq!(header(plain, "Hookrelay-Event-Type"), "orders.created");
     let body: serde_json::Value = serde_json::from_slice(&plain.payload).unwrap();
@@ -90,7 +91,7 @@ async fn nats_publishes_once_with_headers() {
     // Space and wildcard become '_' in the subject; the header keeps the type as sent.
     let odd = messages
         .iter()
-        .find(|m| header(m, "Nats-Msg-Id") == odd_id)
+        .find(|m| header(m, "Hookrelay-Event-Id") == odd_id)
         .expect("message of the odd event");
     assert_eq!(odd.subject.as_str(), format!("{prefix}.{SOURCE}.bad_type_"));
     assert_eq!(header(odd, "Hookrelay-Event-Type"), "bad type*");
@@ -156,7 +157,10 @@ async fn nats_restart_loses_nothing() {
 
     let js = jetstream_at(&nats.url()).await;
     let messages = stream_messages(&js, &stream).await;
-    let received: HashSet<String> = messages.iter().map(|m| header(m, "Nats-Msg-Id")).collect();
+    let received: HashSet<String> = messages
+        .iter()
+        .map(|m| header(m, "Hookrelay-Event-Id"))
+        .collect();
     assert_eq!(messages.len(), 10, "{received:?}");
     assert_eq!(received, ids.into_iter().collect::<HashSet<_>>());
     assert!(service.dead_letters().await.is_empty());

@@ -22,6 +22,9 @@ pub struct Config {
     /// Longest time a request may wait for the store before the request gets a 503 response.
     #[serde(default = "defaults::ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// Longest time a client may take to send the request body; a stalled client gets a 408.
+    #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Seconds sent in `Retry-After` with a 503.
     #[serde(default = "defaults::retry_after_secs")]
     pub retry_after_secs: u32,
@@ -604,6 +607,11 @@ mod defaults {
     }
     pub fn ack_timeout() -> Duration {
         Duration::from_secs(3)
+    }
+    /// Long enough for a 32 MiB body over a slow link, short enough to free a stalled
+    /// connection's buffer.
+    pub fn body_timeout() -> Duration {
+        Duration::from_secs(30)
     }
     pub fn retry_after_secs() -> u32 {
         5

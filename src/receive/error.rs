@@ -21,6 +21,11 @@ pub enum ReceiveError {
     TooLarge { limit: usize },
     #[error("cannot read request body: {0}")]
     BodyRead(String),
+    /// The client did not send the whole body within the body timeout.
+    #[error("request body not received within {0}")]
+    BodyTimeout(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("signature verification failed: {0}")]
     Verify(#[from] VerifyError),
     /// The store failed or did not respond within the ack timeout, so nothing is acknowledged.
@@ -39,15 +44,17 @@ impl ReceiveError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Verify(VerifyError::Malformed { .. }) => StatusCode::BAD_REQUEST,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// Returns the message of the response body. Signature failures share one text so that a caller
-    /// cannot probe which check failed; a malformed header is named because the sender can
-    /// fix it. Store errors are logged, not returned.
+    /// Returns the message of the response body. Signature failures share one text so that a
+    /// caller cannot probe which check failed, but a malformed header is named because the
+    /// sender can fix it. Store errors are logged, not returned.
     fn client_message(&self) -> String {
         match self {
             Self::UnknownSource => "no source is configured at this path".into(),
@@ -55,6 +62,8 @@ impl ReceiveError {
             Self::UnsupportedMediaType(message) => message.clone(),
             Self::TooLarge { limit } => format!("body exceeds the limit of {limit} bytes"),
             Self::BodyRead(_) => "the request body could not be read".into(),
+            Self::BodyTimeout(limit) => format!("the request body was not received within {limit}"),
+            Self::MethodNotAllowed => "only POST is accepted here".into(),
             Self::Verify(error @ VerifyError::Malformed { .. }) => error.to_string(),
             Self::Verify(_) => "signature verification failed".into(),
             Self::Unavailable { .. } => "temporarily unable to store the event; retry later".into(),

@@ -1,12 +1,13 @@
 //! The request handler of `POST /webhooks/{source}`.
 
 use super::{ReceiveError, ReceiveState, SourceRuntime, identify};
-use crate::event::{Event, unix_millis};
+use crate::event::{Event, loggable, unix_millis};
 use crate::ops::metrics::{ACK_SECONDS, DUPLICATES, REQUESTS, VERIFY_FAILURES};
 use crate::store::AcceptOutcome;
 use crate::verify::SignedRequest;
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,14 +15,18 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub(super) async fn receive(
     State(state): State<Arc<ReceiveState>>,
-    Path(source_name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    // A path segment that is not valid UTF-8 cannot name a source.
+    let Ok(Path(source_name)) = path else {
+        return ReceiveError::UnknownSource.into_response();
+    };
     let result = receive_event(&state, &source_name, request).await;
 
     // Unknown paths share one label, so that probing random names cannot grow the series.
@@ -54,7 +59,7 @@ async fn receive_event(
     check_policy(state, source, &parts).inspect_err(|error| {
         tracing::info!(source = %source.name, %error, "rejected delivery");
     })?;
-    let body = read_body(body, headers, source.body_limit).await?;
+    let body = read_body(body, headers, source.body_limit, state.body_timeout).await?;
 
     let received_at = SystemTime::now();
     let signed = SignedRequest {
@@ -94,8 +99,8 @@ async fn receive_event(
     };
     tracing::info!(
         source = %source.name,
-        event_id = %event.id,
-        event_type = %event.event_type,
+        event_id = %loggable(&event.id),
+        event_type = %loggable(&event.event_type),
         status,
         "received"
     );
@@ -127,7 +132,12 @@ fn check_policy(
 
 /// Reads the whole body, stopping at `limit` bytes. A declared length above the limit is
 /// rejected before any byte is read.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReceiveError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ReceiveError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -136,7 +146,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         return Err(ReceiveError::TooLarge { limit });
     }
 
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ReceiveError::BodyTimeout(humantime::format_duration(timeout).to_string()))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ReceiveError::TooLarge { limit }),
         Err(error) => Err(ReceiveError::BodyRead(error.to_string())),
@@ -149,10 +162,10 @@ async fn store_event(
     source: &SourceRuntime,
     event: &Event,
     key: &str,
-    window: std::time::Duration,
+    window: Duration,
 ) -> Result<AcceptOutcome, ReceiveError> {
     let unavailable = |detail: String| {
-        tracing::warn!(source = %source.name, event_id = %event.id, %detail, "cannot store event; responded 503");
+        tracing::warn!(source = %source.name, event_id = %loggable(&event.id), %detail, "cannot store event; responded 503");
         ReceiveError::Unavailable {
             detail,
             retry_after_secs: state.retry_after_secs,

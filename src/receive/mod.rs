@@ -108,6 +108,8 @@ impl SourceRuntime {
 pub struct ReceiveState {
     pub sources: HashMap<String, SourceRuntime>,
     pub store: Arc<dyn Store>,
+    /// Longest wait for the whole request body; a client that stalls gets a 408.
+    pub body_timeout: Duration,
     /// Longest wait for the store before responding 503.
     pub ack_timeout: Duration,
     pub retry_after_secs: u32,
@@ -121,5 +123,7 @@ pub fn router(state: Arc<ReceiveState>) -> Router {
         .route("/webhooks/{source}", post(handler::receive))
         // Each source applies its own limit while it reads the body.
         .layer(DefaultBodyLimit::disable())
+        .fallback(|| async { ReceiveError::UnknownSource })
+        .method_not_allowed_fallback(|| async { ReceiveError::MethodNotAllowed })
         .with_state(state)
 }

@@ -10,7 +10,7 @@
 //! `Retry-After` header asks; any other status is permanent. Redirects are not followed,
 //! because a redirected `POST` may lose its body.
 
-use super::{EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, header_text};
+use super::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, header_text};
 use crate::config::{HttpBody, SecretBytes, secret};
 use crate::event::Event;
 use crate::verify::{Standard, standard_decode_secret};
@@ -74,7 +74,7 @@ impl HttpSink {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         // The signature covers the id exactly as sent in `webhook-id`.
-        let id = header_text(&event.id);
+        let id = event.delivery_id();
         let signature = Standard::sign(self.key.expose(), &id, timestamp, body);
 
         let mut headers = HeaderMap::new();
@@ -88,6 +88,7 @@ impl HttpSink {
         headers.insert("webhook-id", value(&id)?);
         headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
         headers.insert("webhook-signature", value(&signature)?);
+        headers.insert(EVENT_ID_HEADER, value(&event.id)?);
         headers.insert(SOURCE_HEADER, value(&event.source)?);
         headers.insert(EVENT_TYPE_HEADER, value(&event.event_type)?);
         Ok(headers)

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// Header carrying the source name on NATS, AMQP and HTTP deliveries.
 pub const SOURCE_HEADER: &str = "Hookrelay-Source";
+/// Header with the provider's event id, where the message id is the delivery id.
+pub const EVENT_ID_HEADER: &str = "Hookrelay-Event-Id";
 /// Header carrying the event type on NATS, AMQP and HTTP deliveries.
 pub const EVENT_TYPE_HEADER: &str = "Hookrelay-Event-Type";
 

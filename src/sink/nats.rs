@@ -10,7 +10,9 @@
 //! The dots of an event type stay, so `work_orders.inserted` gives subject tokens that a
 //! consumer can match with `makini.work_orders.*`.
 
-use super::{EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, Template, header_text};
+use super::{
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, Template, header_text,
+};
 use crate::config::SinkKind;
 use crate::event::Event;
 use async_nats::HeaderValue;
@@ -132,7 +134,11 @@ impl NatsSink {
         };
         Ok(PublishMessage::build()
             .payload(event.payload.clone())
-            .header(async_nats::header::NATS_MESSAGE_ID, value(&event.id)?)
+            .header(
+                async_nats::header::NATS_MESSAGE_ID,
+                value(&event.delivery_id())?,
+            )
+            .header(EVENT_ID_HEADER, value(&event.id)?)
             .header(SOURCE_HEADER, value(&event.source)?)
             .header(EVENT_TYPE_HEADER, value(&event.event_type)?))
     }

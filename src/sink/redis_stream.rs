@@ -79,7 +79,8 @@ fn hash_tagged(stream: &str) -> String {
 #[async_trait]
 impl Sink for RedisStreamSink {
     async fn deliver(&self, event: &Event) -> Result<(), SinkError> {
-        let marker = format!("{}:{}:{}", self.marker_prefix, event.source, event.id);
+        let delivery_id = event.delivery_id();
+        let marker = format!("{}:{delivery_id}", self.marker_prefix);
         let received_at = UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
         let window_ms = u64::try_from(self.dedupe_window.as_millis())
             .unwrap_or(u64::MAX)
@@ -87,7 +88,7 @@ impl Sink for RedisStreamSink {
         let maxlen = self.maxlen.map(|n| n.to_string()).unwrap_or_default();
 
         let mut conn = self.conn.clone();
-        let _added: i64 = self
+        let added: i64 = self
             .script
             .key(marker)
             .key(&self.stream)
@@ -95,6 +96,8 @@ impl Sink for RedisStreamSink {
             .arg(maxlen)
             .arg("id")
             .arg(&event.id)
+            .arg("delivery_id")
+            .arg(&delivery_id)
             .arg("source")
             .arg(&event.source)
             .arg("event_type")
@@ -106,6 +109,9 @@ impl Sink for RedisStreamSink {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| SinkError::retryable(format!("redis stream {}: {e}", self.stream)))?;
+        if added == 0 {
+            tracing::info!(stream = %self.stream, %delivery_id, "already in the stream; skipped");
+        }
         Ok(())
     }
 }

@@ -40,10 +40,14 @@ pub struct Standard {
 /// Decodes a `whsec_<base64>` secret (the prefix is optional) into key bytes.
 pub fn decode_secret(secret: &str) -> Result<SecretBytes, &'static str> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    BASE64
+    let key = BASE64
         .decode(encoded)
-        .map(SecretBytes::new)
-        .map_err(|_| "a Standard Webhooks secret must be base64, optionally after \"whsec_\"")
+        .map_err(|_| "a Standard Webhooks secret must be base64, optionally after \"whsec_\"")?;
+    // An empty key would let anyone compute a valid signature.
+    if key.is_empty() {
+        return Err("a Standard Webhooks secret has no key bytes after \"whsec_\"");
+    }
+    Ok(SecretBytes::new(key))
 }
 
 impl Standard {
@@ -197,6 +201,12 @@ mod tests {
             at(TIMESTAMP),
         );
         assert_eq!(result, Err(VerifyError::Mismatch));
+    }
+
+    #[test]
+    fn empty_secret_rejected() {
+        assert!(decode_secret("whsec_").is_err());
+        assert!(decode_secret("").is_err());
     }
 
     #[test]

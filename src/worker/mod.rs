@@ -12,6 +12,7 @@ mod route;
 pub use route::Router;
 
 use crate::config::WorkerConfig;
+use crate::event::loggable;
 use crate::ops::metrics::{DELIVERIES, END_TO_END_SECONDS, UNROUTED};
 use crate::sink::{Sink, SinkError};
 use crate::store::{DeadLetter, Delivery, Retry, Settlement, Store};
@@ -180,7 +181,7 @@ impl Worker {
         let span = tracing::info_span!(
             "deliver",
             source = %delivery.event.source,
-            event_id = %delivery.event.id,
+            event_id = %loggable(&delivery.event.id),
             attempt = delivery.attempt + 1,
         );
         self.process_in_span(delivery).instrument(span).await;
@@ -319,7 +320,7 @@ impl Worker {
         {
             tracing::warn!(
                 source,
-                event_type,
+                event_type = %loggable(event_type),
                 "no route matches this event type; events of this type are acknowledged and dropped"
             );
         }
