@@ -203,6 +203,40 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     })
 }
 
+/// Logs settings that are valid but probably not what the operator meant.
+fn warn_about_config(config: &Config) {
+    if config.sources.is_empty() {
+        tracing::warn!("no sources configured: every webhook request will get 404");
+    }
+    if !config.worker.enabled {
+        tracing::info!(
+            "worker disabled: this process receives and stores events but forwards none"
+        );
+        return;
+    }
+    for source in &config.sources {
+        if !config
+            .routes
+            .iter()
+            .any(|route| route.source == source.name)
+        {
+            tracing::warn!(
+                source = %source.name,
+                "no route for this source: its events are acknowledged and dropped"
+            );
+        }
+    }
+    for sink in &config.sinks {
+        let routed = config
+            .routes
+            .iter()
+            .any(|route| route.sinks.contains(&sink.name));
+        if !routed {
+            tracing::warn!(sink = %sink.name, "no route sends events to this sink");
+        }
+    }
+}
+
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartupError> {
     let listener = TcpListener::bind(config.listen)
@@ -211,6 +245,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
             addr: config.listen,
             source,
         })?;
+    warn_about_config(&config);
     let running = start(&config, listener).await?;
     for source in &config.sources {
         tracing::info!(

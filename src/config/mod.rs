@@ -224,7 +224,7 @@ pub struct SourceConfig {
     pub scheme: SchemeKind,
     /// Secret references (`env:NAME` or `file:PATH`). A signature made with any of them is
     /// accepted, which is how a secret is rotated. Required unless the scheme is `none`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_references")]
     pub secrets: Vec<String>,
     /// URL the provider posts to, as the provider sees it (the `twilio` scheme signs it).
     pub public_url: Option<String>,
@@ -363,10 +363,13 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
+    /// The message names the key but the file's line is not quoted, as it may hold a secret
+    /// pasted by mistake.
+    #[error("invalid config file {path}, line {line}: {message}")]
     Parse {
         path: String,
-        source: Box<toml::de::Error>,
+        line: usize,
+        message: String,
     },
     #[error("invalid value {value:?} in environment variable {name}: {reason}")]
     Env {
@@ -374,7 +377,7 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("source {source_name:?}, secret {index}: {error}")]
+    #[error("source {source_name:?}, secrets[{index}]: {error}")]
     Secret {
         source_name: String,
         index: usize,
@@ -396,9 +399,12 @@ impl Config {
             None => String::new(),
         };
         let display = path.map_or_else(|| "(defaults)".to_owned(), |p| p.display().to_string());
-        let mut config = Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+        let mut config = Self::from_toml(&text).map_err(|error| ConfigError::Parse {
             path: display,
-            source: Box::new(source),
+            line: error
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1),
+            message: error.message().trim_end().to_owned(),
         })?;
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
@@ -450,6 +456,18 @@ impl Config {
                 humantime::format_duration(self.ack_timeout)
             ));
         }
+        if self.body_timeout.is_zero() {
+            return invalid("body_timeout must be above zero".into());
+        }
+        if self.worker.backoff_initial.is_zero()
+            || self.worker.backoff_initial > self.worker.backoff_max
+        {
+            return invalid(format!(
+                "worker.backoff_initial must be above zero and at most worker.backoff_max ({}), got {}",
+                humantime::format_duration(self.worker.backoff_max),
+                humantime::format_duration(self.worker.backoff_initial)
+            ));
+        }
         if self.worker.batch_size == 0 || self.worker.max_attempts == 0 {
             return invalid("worker.batch_size and worker.max_attempts must be at least 1".into());
         }
@@ -469,6 +487,24 @@ impl Config {
             if source.body_limit == 0 {
                 return invalid(format!(
                     "source {:?}: body_limit must be above 0",
+                    source.name
+                ));
+            }
+            if source.dedupe_window.is_zero() || source.body_hash_window.is_zero() {
+                return invalid(format!(
+                    "source {:?}: dedupe_window and body_hash_window must be above zero",
+                    source.name
+                ));
+            }
+            // A pointer without the leading '/' never matches, which would silently fall back
+            // to the short body-hash window.
+            let pointers = source.id_pointers.iter().flatten();
+            if let Some(pointer) = pointers
+                .chain(source.event_type_pointer.as_ref())
+                .find(|p| !p.is_empty() && !p.starts_with('/'))
+            {
+                return invalid(format!(
+                    "source {:?}: JSON pointer {pointer:?} must start with '/', e.g. \"/{pointer}\"",
                     source.name
                 ));
             }
@@ -507,6 +543,20 @@ impl Config {
         for route in &self.routes {
             if !source_names.contains(route.source.as_str()) {
                 return invalid(format!("route names unknown source {:?}", route.source));
+            }
+            if route.sinks.is_empty() || route.events.is_empty() {
+                return invalid(format!(
+                    "route for source {:?} needs at least one sink and one event glob",
+                    route.source
+                ));
+            }
+            for pattern in &route.events {
+                globset::Glob::new(pattern).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "route for source {:?}: invalid event glob {pattern:?}: {e}",
+                        route.source
+                    ))
+                })?;
             }
             if let Some(sink) = route
                 .sinks
@@ -588,6 +638,41 @@ mod ip_ranges {
     ) -> Result<Option<Vec<IpNet>>, D::Error> {
         deserialize(deserializer).map(Some)
     }
+}
+
+/// Reads `secrets` as a list of strings. A single string is rejected without repeating it,
+/// because it is most likely a secret pasted in place of a reference.
+fn secret_references<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    struct References;
+
+    impl<'de> serde::de::Visitor<'de> for References {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of \"env:NAME\" or \"file:PATH\" references")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, _value: &str) -> Result<Self::Value, E> {
+            Err(E::custom(
+                "secrets must be a list of references such as [\"env:MAKINI_WEBHOOK_SECRET\"]",
+            ))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut references = Vec::new();
+            while let Some(reference) = seq.next_element::<String>()? {
+                references.push(reference);
+            }
+            Ok(references)
+        }
+    }
+
+    deserializer.deserialize_any(References)
 }
 
 /// Names appear in URLs and Redis keys, so they are kept to a safe alphabet.
@@ -742,6 +827,38 @@ mod tests {
         let text = EXAMPLE.replace(r#"sinks = ["events"]"#, r#"sinks = ["nowhere"]"#);
         let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn literal_secret_is_not_echoed() {
+        let text = EXAMPLE.replace(
+            r#"secrets = ["env:MAKINI_WEBHOOK_SECRET"]"#,
+            r#"secrets = "mk-Literal-Secret-777""#,
+        );
+        let error = Config::from_toml(&text).unwrap_err();
+        assert!(
+            !error.message().contains("Literal-Secret"),
+            "{}",
+            error.message()
+        );
+        assert!(error.message().contains("env:"), "{}", error.message());
+    }
+
+    #[test]
+    fn pointer_without_slash_is_rejected() {
+        let text = EXAMPLE.replace(
+            r#"secrets = ["env:MAKINI_WEBHOOK_SECRET"]"#,
+            "secrets = [\"env:X\"]\nid_pointers = [\"id\"]",
+        );
+        let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("\"/id\""), "{err}");
+    }
+
+    #[test]
+    fn route_without_sinks_is_rejected() {
+        let text = EXAMPLE.replace(r#"sinks = ["events"]"#, "sinks = []");
+        let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("at least one sink"), "{err}");
     }
 
     #[test]

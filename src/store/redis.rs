@@ -347,6 +347,23 @@ impl RedisStore {
         }
         Ok(deliveries)
     }
+
+    /// Takes due retries, then idle entries of dead consumers, then new entries.
+    async fn claim_once(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
+        self.ensure_group().await?;
+
+        let mut entries = self.promote_due_retries(max).await?;
+        if entries.len() < max {
+            entries.extend(self.reclaim_idle(max - entries.len()).await?);
+        }
+        if entries.is_empty() {
+            // Block only when there is nothing else to do, so retries are not delayed.
+            entries = self.read_new(max, wait).await?;
+        } else if entries.len() < max {
+            entries.extend(self.read_new(max - entries.len(), Duration::ZERO).await?);
+        }
+        self.attach_state(entries).await
+    }
 }
 
 #[async_trait]
@@ -393,19 +410,17 @@ impl Store for RedisStore {
     }
 
     async fn claim(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
-        self.ensure_group().await?;
-
-        let mut entries = self.promote_due_retries(max).await?;
-        if entries.len() < max {
-            entries.extend(self.reclaim_idle(max - entries.len()).await?);
+        let group_was_ready = self.group_ready.load(Ordering::Acquire);
+        match self.claim_once(max, wait).await {
+            Err(_) if group_was_ready && !self.group_ready.load(Ordering::Acquire) => {
+                tracing::info!(
+                    "inbox consumer group missing, as after a Redis restart without persistence; \
+                     recreating it"
+                );
+                self.claim_once(max, wait).await
+            }
+            result => result,
         }
-        if entries.is_empty() {
-            // Block only when there is nothing else to do, so retries are not delayed.
-            entries = self.read_new(max, wait).await?;
-        } else if entries.len() < max {
-            entries.extend(self.read_new(max - entries.len(), Duration::ZERO).await?);
-        }
-        self.attach_state(entries).await
     }
 
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<(), StoreError> {
