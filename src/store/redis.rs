@@ -279,15 +279,19 @@ impl RedisStore {
 
     async fn read_new(&self, max: usize, wait: Duration) -> Result<Vec<RawEntry>, StoreError> {
         let mut conn = self.worker_conn.clone();
-        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
-        let reply: Value = redis::cmd("XREADGROUP")
+        let mut command = redis::cmd("XREADGROUP");
+        command
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block_ms)
+            .arg(max);
+        // `BLOCK 0` would wait forever, so a zero wait sends no BLOCK at all.
+        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
+        if block_ms > 0 {
+            command.arg("BLOCK").arg(block_ms);
+        }
+        let reply: Value = command
             .arg("STREAMS")
             .arg(&self.keys.inbox)
             .arg(">")
