@@ -302,6 +302,66 @@ async fn retry_is_handed_out_when_due(mut backend: impl Backend) {
     assert!(claim_now(&store, 10).await.is_empty());
 }
 
+async fn second_retry_is_rescheduled(mut backend: impl Backend) {
+    let store = backend.open().await;
+    store.accept(&event("a"), &key("a"), WINDOW).await.unwrap();
+    let claimed = claim_now(&store, 10).await;
+    let first = Settlement {
+        dead: Vec::new(),
+        retry: Some(Retry {
+            sinks: vec!["one".into(), "two".into()],
+            attempt: 1,
+            due: backend.now(),
+        }),
+    };
+    store.settle(&claimed[0], first).await.unwrap();
+    backend.advance(Duration::from_millis(50)).await;
+    let retried = claim_now(&store, 10).await;
+    assert_eq!(retried.len(), 1);
+
+    let second = Settlement {
+        dead: Vec::new(),
+        retry: Some(Retry {
+            sinks: vec!["two".into()],
+            attempt: 2,
+            due: backend.now() + Duration::from_millis(400),
+        }),
+    };
+    store.settle(&retried[0], second).await.unwrap();
+    backend.advance(Duration::from_millis(100)).await;
+    assert!(
+        claim_now(&store, 10).await.is_empty(),
+        "not before the new due time"
+    );
+
+    backend.advance(Duration::from_millis(400)).await;
+    let again = claim_now(&store, 10).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].event, event("a"));
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].pending_sinks, Some(vec!["two".to_owned()]));
+}
+
+async fn new_event_passes_waiting_retry(mut backend: impl Backend) {
+    let store = backend.open().await;
+    store.accept(&event("a"), &key("a"), WINDOW).await.unwrap();
+    let claimed = claim_now(&store, 10).await;
+    let later = Settlement {
+        dead: Vec::new(),
+        retry: Some(Retry {
+            sinks: vec!["queue".into()],
+            attempt: 1,
+            due: backend.now() + Duration::from_secs(3600),
+        }),
+    };
+    store.settle(&claimed[0], later).await.unwrap();
+
+    store.accept(&event("b"), &key("b"), WINDOW).await.unwrap();
+    let next = claim_now(&store, 10).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].event.id, "b");
+}
+
 async fn unsettled_claim_is_handed_out_again(mut backend: impl Backend) {
     let store = backend.open().await;
     store.accept(&event("a"), &key("a"), WINDOW).await.unwrap();
@@ -478,6 +538,16 @@ macro_rules! behaviour_suite {
             #[tokio::test]
             async fn retry_is_handed_out_when_due() {
                 super::retry_is_handed_out_when_due($backend).await;
+            }
+
+            #[tokio::test]
+            async fn second_retry_is_rescheduled() {
+                super::second_retry_is_rescheduled($backend).await;
+            }
+
+            #[tokio::test]
+            async fn new_event_passes_waiting_retry() {
+                super::new_event_passes_waiting_retry($backend).await;
             }
 
             #[tokio::test]

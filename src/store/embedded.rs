@@ -8,11 +8,11 @@
 //! inbox's steady inserts and deletes without the tombstone build-up a log-structured engine
 //! such as fjall has to compact away, and it locks its file, so a second process cannot open it.
 //!
-//! Tables (see `tables.rs`): `inbox` holds the events by sequence number, which is the
-//! [`Delivery::handle`]; `ready` lists the entries claimable now and `retry` those waiting for
-//! a retry by due time; `progress` keeps the attempt and the sinks still owed of retried
-//! entries; `seen` and `seen_expiry` hold the idempotency keys and their window ends;
-//! `dead_letters` holds the dead-letter records.
+//! Tables (see `tables.rs`): `inbox` holds the events no round has settled yet, by sequence
+//! number, which is the [`Delivery::handle`]; a settlement with a retry moves the entry to
+//! `retrying`, lists it in `retry_due` by due time and keeps its attempt and the sinks still
+//! owed in `progress`; `seen` and `seen_expiry` hold the idempotency keys and their window
+//! ends; `dead_letters` holds the dead-letter records.
 //!
 //! Writes (accept, settle, the purge of expired keys) go through one writer thread that
 //! commits concurrent requests together (see `writer.rs`). Claims only read: a claimed entry

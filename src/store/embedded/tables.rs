@@ -11,13 +11,16 @@ use std::time::{Duration, SystemTime};
 /// An event as stored: id, source, type, receipt time (ms since the epoch), payload.
 type EventRow<'a> = (&'a str, &'a str, &'a str, u64, &'a [u8]);
 
-/// Inbox entries by sequence number, the handle the worker sees.
+/// Entries not yet settled by any delivery round, by sequence number (the handle the worker
+/// sees), so in arrival order. An entry is here or in [`RETRYING`], never in both.
 pub(super) const INBOX: TableDefinition<u64, EventRow> = TableDefinition::new("inbox");
-/// Entries claimable now, in arrival order. An entry is either here or in [`RETRY`].
-pub(super) const READY: TableDefinition<u64, ()> = TableDefinition::new("ready");
-/// Entries waiting for a retry, keyed by (due time in ms, sequence number).
-pub(super) const RETRY: TableDefinition<(u64, u64), ()> = TableDefinition::new("retry");
-/// Progress of entries retried: rounds made, due time of the next (ms), sinks still owed.
+/// Entries settled with a retry: moved out of the inbox, so that a claim scanning the inbox
+/// for new work never walks past a backlog of retries.
+pub(super) const RETRYING: TableDefinition<u64, EventRow> = TableDefinition::new("retrying");
+/// The retry schedule: (due time in ms, sequence number) of every entry in [`RETRYING`].
+pub(super) const RETRY_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("retry_due");
+/// Progress of the entries in [`RETRYING`]: rounds made, due time of the next (ms), sinks
+/// still owed.
 pub(super) const PROGRESS: TableDefinition<u64, (u32, u64, Vec<&str>)> =
     TableDefinition::new("progress");
 /// Idempotency keys and the time (ms) their window ends.
@@ -45,8 +48,8 @@ pub(super) struct Counters {
 /// counters.
 pub(super) fn initialize(txn: &WriteTransaction) -> Result<Counters, redb::Error> {
     txn.open_table(INBOX)?;
-    txn.open_table(READY)?;
-    txn.open_table(RETRY)?;
+    txn.open_table(RETRYING)?;
+    txn.open_table(RETRY_DUE)?;
     txn.open_table(PROGRESS)?;
     txn.open_table(SEEN)?;
     txn.open_table(SEEN_EXPIRY)?;
@@ -76,8 +79,8 @@ fn millis(duration: Duration) -> u64 {
 /// (redb lets a transaction open each table once at a time).
 pub(super) struct WriteTables<'txn> {
     inbox: Table<'txn, u64, EventRow<'static>>,
-    ready: Table<'txn, u64, ()>,
-    retry: Table<'txn, (u64, u64), ()>,
+    retrying: Table<'txn, u64, EventRow<'static>>,
+    retry_due: Table<'txn, (u64, u64), ()>,
     progress: Table<'txn, u64, (u32, u64, Vec<&'static str>)>,
     seen: Table<'txn, &'static str, u64>,
     seen_expiry: Table<'txn, (u64, &'static str), ()>,
@@ -88,8 +91,8 @@ impl<'txn> WriteTables<'txn> {
     pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
         Ok(Self {
             inbox: txn.open_table(INBOX)?,
-            ready: txn.open_table(READY)?,
-            retry: txn.open_table(RETRY)?,
+            retrying: txn.open_table(RETRYING)?,
+            retry_due: txn.open_table(RETRY_DUE)?,
             progress: txn.open_table(PROGRESS)?,
             seen: txn.open_table(SEEN)?,
             seen_expiry: txn.open_table(SEEN_EXPIRY)?,
@@ -121,15 +124,7 @@ impl<'txn> WriteTables<'txn> {
 
         let seq = counters.inbox;
         counters.inbox += 1;
-        let row: EventRow = (
-            &event.id,
-            &event.source,
-            &event.event_type,
-            event.received_at_ms,
-            &event.payload,
-        );
-        self.inbox.insert(seq, row)?;
-        self.ready.insert(seq, ())?;
+        self.inbox.insert(seq, row_of(event))?;
 
         let end = now_ms.saturating_add(millis(window).max(1));
         self.seen.insert(key, end)?;
@@ -147,14 +142,7 @@ impl<'txn> WriteTables<'txn> {
         delivery: &Delivery,
         settlement: &Settlement,
     ) -> Result<(), redb::Error> {
-        let event = &delivery.event;
-        let row: EventRow = (
-            &event.id,
-            &event.source,
-            &event.event_type,
-            event.received_at_ms,
-            &event.payload,
-        );
+        let row = row_of(&delivery.event);
         for dead in &settlement.dead {
             let record = (
                 row,
@@ -166,25 +154,29 @@ impl<'txn> WriteTables<'txn> {
             counters.dead += 1;
         }
 
-        if self.inbox.get(seq)?.is_none() {
+        // The first retry moves the entry out of the inbox; later ones find it in `retrying`.
+        let moved = self.inbox.remove(seq)?.map(|row| event_of(row.value()));
+        if moved.is_none() && self.retrying.get(seq)?.is_none() {
             return Ok(());
         }
         let prior_due = self.progress.get(seq)?.map(|progress| progress.value().1);
         if let Some(due) = prior_due {
-            self.retry.remove((due, seq))?;
+            self.retry_due.remove((due, seq))?;
         }
-        self.ready.remove(seq)?;
 
         match &settlement.retry {
             Some(retry) => {
+                if let Some(event) = &moved {
+                    self.retrying.insert(seq, row_of(event))?;
+                }
                 let due = crate::event::unix_millis(retry.due);
                 let sinks: Vec<&str> = retry.sinks.iter().map(String::as_str).collect();
                 self.progress.insert(seq, (retry.attempt, due, sinks))?;
-                self.retry.insert((due, seq), ())?;
+                self.retry_due.insert((due, seq), ())?;
             }
             None => {
                 self.progress.remove(seq)?;
-                self.inbox.remove(seq)?;
+                self.retrying.remove(seq)?;
             }
         }
         Ok(())
@@ -222,7 +214,7 @@ pub(super) fn purge_expired(
     Ok(expired.len())
 }
 
-/// Picks up to `max` entries claimable at `now`: retries that are due first, then ready
+/// Picks up to `max` entries claimable at `now`: retries that are due first, then inbox
 /// entries in arrival order, skipping those in `leased`.
 pub(super) fn claimable(
     txn: &ReadTransaction,
@@ -231,53 +223,47 @@ pub(super) fn claimable(
     leased: &HashMap<u64, SystemTime>,
 ) -> Result<Vec<Delivery>, redb::Error> {
     let now_ms = crate::event::unix_millis(now);
-    let retry = txn.open_table(RETRY)?;
-    let ready = txn.open_table(READY)?;
+    let mut deliveries = Vec::new();
 
-    let mut picked = Vec::new();
-    for item in retry.range(..=(now_ms, u64::MAX))? {
-        if picked.len() >= max {
+    let retry_due = txn.open_table(RETRY_DUE)?;
+    let retrying = txn.open_table(RETRYING)?;
+    let progress = txn.open_table(PROGRESS)?;
+    for item in retry_due.range(..=(now_ms, u64::MAX))? {
+        if deliveries.len() >= max {
             break;
         }
         let (key, _) = item?;
         let (_, seq) = key.value();
-        if !leased.contains_key(&seq) {
-            picked.push(seq);
+        if leased.contains_key(&seq) {
+            continue;
         }
-    }
-    for item in ready.iter()? {
-        if picked.len() >= max {
-            break;
-        }
-        let (key, _) = item?;
-        let seq = key.value();
-        if !leased.contains_key(&seq) {
-            picked.push(seq);
-        }
-    }
-
-    let inbox = txn.open_table(INBOX)?;
-    let progress = txn.open_table(PROGRESS)?;
-    let mut deliveries = Vec::with_capacity(picked.len());
-    for seq in picked {
-        let Some(row) = inbox.get(seq)? else {
+        let (Some(row), Some(state)) = (retrying.get(seq)?, progress.get(seq)?) else {
             continue;
         };
-        let (attempt, pending_sinks) = match progress.get(seq)? {
-            Some(value) => {
-                let (attempt, _, sinks) = value.value();
-                (
-                    attempt,
-                    Some(sinks.into_iter().map(str::to_owned).collect()),
-                )
-            }
-            None => (0, None),
-        };
+        let (attempt, _, sinks) = state.value();
         deliveries.push(Delivery {
             handle: seq.to_string(),
             event: event_of(row.value()),
             attempt,
-            pending_sinks,
+            pending_sinks: Some(sinks.into_iter().map(str::to_owned).collect()),
+        });
+    }
+
+    let inbox = txn.open_table(INBOX)?;
+    for item in inbox.iter()? {
+        if deliveries.len() >= max {
+            break;
+        }
+        let (key, row) = item?;
+        let seq = key.value();
+        if leased.contains_key(&seq) {
+            continue;
+        }
+        deliveries.push(Delivery {
+            handle: seq.to_string(),
+            event: event_of(row.value()),
+            attempt: 0,
+            pending_sinks: None,
         });
     }
     Ok(deliveries)
@@ -302,6 +288,16 @@ pub(super) fn dead_letters(
         });
     }
     Ok(records)
+}
+
+fn row_of(event: &Event) -> EventRow<'_> {
+    (
+        &event.id,
+        &event.source,
+        &event.event_type,
+        event.received_at_ms,
+        &event.payload,
+    )
 }
 
 fn event_of((id, source, event_type, received_at_ms, payload): EventRow) -> Event {
