@@ -43,7 +43,7 @@ pub struct App {
 
 /// Builds the service: resolves secrets, opens the store, builds sinks and routes. Nothing
 /// connects yet, so a Redis store or a sink that is down does not stop startup; the embedded
-/// store opens its file here, so a file another process holds does.
+/// store opens its file here, so a file locked by another process does.
 pub async fn build(config: &Config) -> Result<App, StartupError> {
     let mut sources = HashMap::new();
     for source in &config.sources {

@@ -1,4 +1,4 @@
-//! The built binary with the embedded store: an event answered 200 survives a SIGKILL and is
+//! The built binary with the embedded store: an event acknowledged with 200 survives a SIGKILL and is
 //! forwarded after the restart, and a second process on the same data directory is rejected.
 //! Each test starts its own hookrelay processes and, where it needs one, a private
 //! `redis-server` on a free port.

@@ -1,5 +1,5 @@
-//! The store contract, checked the same way against every backend: the embedded store in a
-//! temporary directory with a manual clock, and the Redis store on 127.0.0.1:6379 under a key
+//! The store contract, checked the same way against every backend. The embedded store runs in a
+//! temporary directory with a manual clock. The Redis store runs on 127.0.0.1:6379 under a key
 //! prefix of its own per test, where time passes for real.
 
 use async_trait::async_trait;
@@ -22,11 +22,12 @@ trait Backend: Send {
     async fn open(&mut self) -> Arc<dyn Store>;
     /// Lets `step` pass for the store.
     async fn advance(&self, step: Duration);
-    /// The store's current time.
+    /// Returns the store's current time.
     fn now(&self) -> SystemTime;
-    /// How long an entry may stay claimed and unsettled before it is handed out again.
+    /// Returns how long an entry may stay claimed and unsettled before it is handed out again.
     fn visibility_timeout(&self) -> Duration;
-    /// Time after a crash before the entries the dead process claimed are claimable.
+    /// Returns the time after a crash before the entries the dead process claimed are
+    /// claimable.
     fn reclaim_after_crash(&self) -> Duration;
 }
 
@@ -89,7 +90,7 @@ impl RedisBackend {
 
 #[async_trait]
 impl Backend for RedisBackend {
-    /// Each open is a new consumer, as a restarted process is.
+    /// Opens a store with a new consumer name, as a restarted process does.
     async fn open(&mut self) -> Arc<dyn Store> {
         Arc::new(
             RedisStore::open(&RedisStoreOptions {
@@ -138,7 +139,7 @@ impl Drop for RedisBackend {
     }
 }
 
-/// An event whose payload is not UTF-8, so a backend that mangles bytes fails the tests.
+/// Builds an event whose payload is not UTF-8, so a backend that mangles bytes fails the tests.
 fn event(id: &str) -> Event {
     Event {
         id: id.into(),

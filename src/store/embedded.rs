@@ -8,11 +8,11 @@
 //! inbox's steady inserts and deletes without the tombstone build-up a log-structured engine
 //! such as fjall has to compact away, and it locks its file, so a second process cannot open it.
 //!
-//! Tables (see `tables.rs`): `inbox` holds the events no round has settled yet, by sequence
-//! number, which is the [`Delivery::handle`]; a settlement with a retry moves the entry to
-//! `retrying`, lists it in `retry_due` by due time and keeps its attempt and the sinks still
-//! owed in `progress`; `seen` and `seen_expiry` hold the idempotency keys and their window
-//! ends; `dead_letters` holds the dead-letter records.
+//! Tables (see `tables.rs`): `inbox` contains the events no round has settled yet, keyed by
+//! sequence number, which is the [`Delivery::handle`]. A settlement with a retry moves the entry
+//! to `retrying`, lists it in `retry_due` by due time and keeps its attempt and the sinks still
+//! owed in `progress`. `seen` and `seen_expiry` contain the idempotency keys and their window
+//! ends, and `dead_letters` the dead-letter records.
 //!
 //! Writes (accept, settle, the purge of expired keys) go through one writer thread that
 //! commits concurrent requests together (see `writer.rs`). Claims only read: a claimed entry
@@ -40,7 +40,7 @@ use writer::{Command, Writer, unavailable};
 /// Name of the database file inside the data directory.
 pub const DATA_FILE: &str = "hookrelay.redb";
 
-/// Longest a waiting claim sleeps before it looks again for retries that became due and
+/// Maximum time a waiting claim sleeps before it looks again for retries that became due and
 /// leases that ran out; new events wake it at once.
 const CLAIM_POLL: Duration = Duration::from_millis(200);
 
@@ -62,7 +62,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when [`ManualClock::advance`] is called.
 #[derive(Debug)]
 pub struct ManualClock {
     now: Mutex<SystemTime>,

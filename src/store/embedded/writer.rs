@@ -2,7 +2,7 @@
 //!
 //! Commands arrive on a channel. The thread takes the first one, then every other command
 //! already waiting (up to [`MAX_BATCH`]), applies them all in one write transaction and commits
-//! it with one fsync before it answers any of them. Under load, the requests that arrived during
+//! it with one fsync before it replies to any of them. Under load, the requests that arrived during
 //! one fsync share the next, which is where the embedded store's accept rate comes from (group
 //! commit). The thread also purges expired idempotency keys every purge interval.
 
@@ -96,7 +96,7 @@ impl Writer {
         }
     }
 
-    /// Applies a batch in one transaction, commits it, then answers every command in it.
+    /// Applies a batch in one transaction, commits it, then replies to every command in it.
     fn execute(&mut self, batch: Vec<Command>) {
         let mut writes = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
@@ -228,7 +228,8 @@ fn apply(
     Ok(stored)
 }
 
-/// Answers the commands of a committed batch; `stored` says which accepts stored an event.
+/// Replies to the commands of a committed batch. `stored` tells which accepts stored an
+/// event.
 fn answer(replies: Vec<Reply>, stored: &[bool]) {
     for (reply, &stored) in replies.into_iter().zip(stored) {
         match reply {
