@@ -214,7 +214,7 @@ async fn event_survives_sigkill_after_200() {
     while stream_payloads(&mut conn).await.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Time for a second copy to show up, if the store handed the entry out twice.
+    // Waits so that a second copy, were one added, would be counted below.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let payloads = stream_payloads(&mut conn).await;

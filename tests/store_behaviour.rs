@@ -13,6 +13,9 @@ use std::time::{Duration, SystemTime};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const WINDOW: Duration = Duration::from_secs(3600);
+/// Dedupe window and retry delay of the tests that let time pass. On Redis this is real time,
+/// so it is long enough that a pause of the test machine does not end it early.
+const DELAY: Duration = Duration::from_secs(1);
 
 /// One backend under test, with the control over time and restarts the tests need.
 #[async_trait]
@@ -201,12 +204,12 @@ async fn concurrent_duplicates_store_one(mut backend: impl Backend) {
 
 async fn key_is_free_after_window(mut backend: impl Backend) {
     let store = backend.open().await;
-    let window = Duration::from_millis(300);
+    let window = DELAY;
 
     let first = store.accept(&event("a"), &key("a"), window).await.unwrap();
-    backend.advance(Duration::from_millis(100)).await;
+    backend.advance(DELAY / 4).await;
     let inside = store.accept(&event("a"), &key("a"), window).await.unwrap();
-    backend.advance(Duration::from_millis(300)).await;
+    backend.advance(DELAY).await;
     let after = store.accept(&event("a"), &key("a"), window).await.unwrap();
 
     assert_eq!(first, AcceptOutcome::Accepted);
@@ -272,7 +275,7 @@ async fn retry_is_handed_out_when_due(mut backend: impl Backend) {
     let retry = Retry {
         sinks: vec!["queue".into()],
         attempt: 1,
-        due: backend.now() + Duration::from_millis(400),
+        due: backend.now() + DELAY,
     };
     let settlement = Settlement {
         dead: Vec::new(),
@@ -280,13 +283,13 @@ async fn retry_is_handed_out_when_due(mut backend: impl Backend) {
     };
     store.settle(&claimed[0], settlement).await.unwrap();
 
-    backend.advance(Duration::from_millis(100)).await;
+    backend.advance(DELAY / 4).await;
     assert!(
         claim_now(&store, 10).await.is_empty(),
         "not before it is due"
     );
 
-    backend.advance(Duration::from_millis(400)).await;
+    backend.advance(DELAY).await;
     let retried = claim_now(&store, 10).await;
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].event, event("a"));
@@ -325,17 +328,17 @@ async fn second_retry_is_rescheduled(mut backend: impl Backend) {
         retry: Some(Retry {
             sinks: vec!["two".into()],
             attempt: 2,
-            due: backend.now() + Duration::from_millis(400),
+            due: backend.now() + DELAY,
         }),
     };
     store.settle(&retried[0], second).await.unwrap();
-    backend.advance(Duration::from_millis(100)).await;
+    backend.advance(DELAY / 4).await;
     assert!(
         claim_now(&store, 10).await.is_empty(),
         "not before the new due time"
     );
 
-    backend.advance(Duration::from_millis(400)).await;
+    backend.advance(DELAY).await;
     let again = claim_now(&store, 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].event, event("a"));
@@ -399,7 +402,7 @@ async fn crash_keeps_scheduled_retry(mut backend: impl Backend) {
     let retry = Retry {
         sinks: vec!["queue".into()],
         attempt: 1,
-        due: backend.now() + Duration::from_millis(400),
+        due: backend.now() + DELAY,
     };
     let settlement = Settlement {
         dead: Vec::new(),
@@ -414,11 +417,7 @@ async fn crash_keeps_scheduled_retry(mut backend: impl Backend) {
         "not before it is due"
     );
     backend
-        .advance(
-            backend
-                .reclaim_after_crash()
-                .max(Duration::from_millis(500)),
-        )
+        .advance(backend.reclaim_after_crash().max(DELAY + DELAY / 4))
         .await;
     let retried = claim_now(&store, 10).await;
     assert_eq!(retried.len(), 1);
