@@ -157,3 +157,56 @@ async fn handles_stay_unique_after_restart() {
     assert_eq!(second.len(), 1);
     assert_ne!(second[0].handle, first[0].handle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_more_than_one_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = Arc::new(open(dir.path(), &clock).await);
+
+    // One purge transaction removes at most 10,000 keys, so this takes two.
+    let total = 10_050;
+    let tasks: Vec<_> = (0..50)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in (task..total).step_by(50) {
+                    let id = format!("e{n}");
+                    let key = format!("k:{id}");
+                    store
+                        .accept(&event(&id), &key, Duration::from_secs(1))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(store.purge_expired().await.unwrap(), total);
+}
+
+#[tokio::test]
+async fn writer_purges_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let mut options = EmbeddedStoreOptions::new(dir.path(), Duration::from_secs(30));
+    options.clock = clock.clone();
+    options.purge_interval = Duration::from_millis(50);
+    let store = EmbeddedStore::open(options).await.unwrap();
+    for id in ["a", "b", "c"] {
+        let key = format!("k:{id}");
+        store
+            .accept(&event(id), &key, Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+
+    clock.advance(Duration::from_secs(2));
+    // Twenty purge intervals: the writer's own purge has removed the keys by then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.purge_expired().await.unwrap(), 0);
+}

@@ -16,11 +16,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Most commands applied in one transaction, so that one commit stays short.
+/// Maximum commands applied in one transaction, so that one commit stays short.
 const MAX_BATCH: usize = 1024;
 
-/// Most idempotency keys removed in one purge transaction, so that accepts waiting behind a
-/// purge of a large backlog wait for one short commit at a time.
+/// Maximum idempotency keys removed in one purge transaction, so that an accept waits behind
+/// one short purge commit at most.
 const PURGE_CHUNK: usize = 10_000;
 
 pub(super) enum Command {
@@ -73,10 +73,16 @@ impl Writer {
         let mut next_purge = Instant::now();
         loop {
             if Instant::now() >= next_purge {
-                if let Err(error) = self.purge() {
-                    tracing::error!(%error, "cannot purge expired idempotency keys");
-                }
-                next_purge = Instant::now() + self.purge_interval;
+                // One chunk at a time, with the commands that arrived meanwhile served in
+                // between, so that a large backlog of expired keys does not hold up accepts.
+                next_purge = match self.purge_chunk() {
+                    Ok(removed) if removed == PURGE_CHUNK => Instant::now(),
+                    Ok(_) => Instant::now() + self.purge_interval,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot purge expired idempotency keys");
+                        Instant::now() + self.purge_interval
+                    }
+                };
             }
 
             let timeout = next_purge.saturating_duration_since(Instant::now());
@@ -186,19 +192,24 @@ impl Writer {
     fn purge(&self) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
-            let now_ms = unix_millis(self.shared.clock.now());
-            let txn = self.begin()?;
-            let removed = tables::purge_expired(&txn, now_ms, PURGE_CHUNK).map_err(unavailable)?;
-            txn.commit().map_err(unavailable)?;
+            let removed = self.purge_chunk()?;
             total += removed;
             if removed < PURGE_CHUNK {
-                break;
+                return Ok(total);
             }
         }
-        if total > 0 {
-            tracing::debug!(removed = total, "purged expired idempotency keys");
+    }
+
+    /// Removes up to [`PURGE_CHUNK`] expired idempotency keys in one transaction.
+    fn purge_chunk(&self) -> Result<usize, StoreError> {
+        let now_ms = unix_millis(self.shared.clock.now());
+        let txn = self.begin()?;
+        let removed = tables::purge_expired(&txn, now_ms, PURGE_CHUNK).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        if removed > 0 {
+            tracing::debug!(removed, "purged expired idempotency keys");
         }
-        Ok(total)
+        Ok(removed)
     }
 }
 
