@@ -5,6 +5,7 @@ use crate::ops::{self, OpsState};
 use crate::receive::{self, ReceiveState, SourceRuntime};
 use crate::sink::{self, Sink};
 use crate::store::Store;
+use crate::store::embedded::{EmbeddedStore, EmbeddedStoreOptions};
 use crate::store::redis::{RedisStore, RedisStoreOptions};
 use crate::worker::{Router as EventRouter, Worker, WorkerStats};
 use axum::body::Body;
@@ -24,8 +25,6 @@ use tower_http::trace::TraceLayer;
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("no store configured: set store.redis_url in the config file or HOOKRELAY_REDIS_URL")]
-    NoStore,
     #[error("cannot open the store: {0}")]
     Store(String),
     #[error("sink {name:?}: {reason}")]
@@ -49,35 +48,18 @@ pub struct App {
 }
 
 /// Builds the service: resolves secrets, opens the store, builds sinks and routes. Nothing
-/// connects yet, so a store or sink that is down does not stop startup.
+/// connects yet, so a Redis store or a sink that is down does not stop startup; the embedded
+/// store opens its file here, so a file locked by another process does.
 pub async fn build(config: &Config) -> Result<App, StartupError> {
     let mut sources = HashMap::new();
     for source in &config.sources {
         sources.insert(source.name.clone(), SourceRuntime::new(source)?);
     }
 
-    let redis_url = config
-        .store
-        .redis_url
-        .as_deref()
-        .ok_or(StartupError::NoStore)?;
-    let redis = RedisStore::open(&RedisStoreOptions {
-        url: redis_url.to_owned(),
-        key_prefix: config.store.key_prefix.clone(),
-        request_timeout: config.ack_timeout,
-        visibility_timeout: config.worker.visibility_timeout,
-    })
-    .map_err(|e| StartupError::Store(e.to_string()))?;
-    tracing::info!(store = "redis", url = %redact_url(redis_url), "store opened");
-    match redis.append_only().await {
-        Some(true) => {}
-        Some(false) => tracing::warn!(
-            "Redis runs without appendonly: a Redis restart loses every event in the inbox; \
-             set `appendonly yes` in production"
-        ),
-        None => tracing::warn!("cannot read Redis's appendonly setting; make sure it is `yes`"),
-    }
-    let store: Arc<dyn Store> = Arc::new(redis);
+    let store = match config.store.redis_url.as_deref() {
+        Some(url) => open_redis(config, url).await?,
+        None => open_embedded(config).await?,
+    };
 
     // Installed before anything records a metric.
     crate::ops::metrics::handle();
@@ -145,6 +127,50 @@ fn with_request_layers(router: axum::Router) -> axum::Router {
             .layer(trace)
             .layer(PropagateRequestIdLayer::new(request_id)),
     )
+}
+
+/// Opens the Redis store and warns when Redis would lose the inbox on restart.
+async fn open_redis(config: &Config, url: &str) -> Result<Arc<dyn Store>, StartupError> {
+    let redis = RedisStore::open(&RedisStoreOptions {
+        url: url.to_owned(),
+        key_prefix: config.store.key_prefix.clone(),
+        request_timeout: config.ack_timeout,
+        visibility_timeout: config.worker.visibility_timeout,
+    })
+    .map_err(|e| StartupError::Store(e.to_string()))?;
+    // Nothing connects yet; a Redis that is down shows in /readyz and as 503 responses.
+    tracing::info!(store = "redis", url = %redact_url(url), "store configured");
+    match redis.append_only().await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "Redis runs without appendonly: a Redis restart loses every event in the inbox; \
+             set `appendonly yes` in production"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot read Redis's appendonly setting; check that Redis is reachable and that it is `yes`"
+        ),
+    }
+    Ok(Arc::new(redis))
+}
+
+/// Opens the embedded store in `store.data_dir`. It fails when another process has it open.
+async fn open_embedded(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    let options = EmbeddedStoreOptions::new(
+        config.store.data_dir.clone(),
+        config.worker.visibility_timeout,
+    );
+    let store = EmbeddedStore::open(options)
+        .await
+        .map_err(|e| StartupError::Store(e.to_string()))?;
+    let path = std::path::absolute(store.path()).unwrap_or_else(|_| store.path().to_owned());
+    tracing::info!(
+        store = "embedded",
+        path = %path.display(),
+        "store opened; the embedded store serves this process only, \
+         so set store.redis_url to run several replicas"
+    );
+    Ok(Arc::new(store))
 }
 
 /// A service running in the background, as started by [`start`].

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use secret::{SecretBytes, SecretError};
@@ -47,11 +47,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Redis URL of the inbox and idempotency keys.
+    /// Redis URL of the inbox and idempotency keys. When unset, the embedded store in
+    /// `data_dir` is used.
     pub redis_url: Option<String>,
     /// Prefix of every key hookrelay writes, so several deployments can share one Redis.
     #[serde(default = "defaults::key_prefix")]
     pub key_prefix: String,
+    /// Directory of the embedded store's database file, used when `redis_url` is unset.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
 }
 
 impl Default for StoreConfig {
@@ -59,6 +63,7 @@ impl Default for StoreConfig {
         Self {
             redis_url: None,
             key_prefix: defaults::key_prefix(),
+            data_dir: defaults::data_dir(),
         }
     }
 }
@@ -434,6 +439,9 @@ impl Config {
         if let Some(value) = lookup("HOOKRELAY_REDIS_URL") {
             self.store.redis_url = Some(value).filter(|url| !url.is_empty());
         }
+        if let Some(value) = lookup("HOOKRELAY_DATA_DIR").filter(|dir| !dir.is_empty()) {
+            self.store.data_dir = PathBuf::from(value);
+        }
         if let Some(value) = lookup("HOOKRELAY_ACK_TIMEOUT") {
             self.ack_timeout = humantime::parse_duration(&value).map_err(|e| ConfigError::Env {
                 name: "HOOKRELAY_ACK_TIMEOUT",
@@ -685,6 +693,7 @@ fn is_valid_name(name: &str) -> bool {
 
 mod defaults {
     use std::net::SocketAddr;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     pub fn listen() -> SocketAddr {
@@ -703,6 +712,9 @@ mod defaults {
     }
     pub fn key_prefix() -> String {
         "hookrelay".into()
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("./data")
     }
     pub fn yes() -> bool {
         true
@@ -811,6 +823,23 @@ mod tests {
             config.store.redis_url.as_deref(),
             Some("redis://127.0.0.1:7000")
         );
+    }
+
+    #[test]
+    fn data_dir_defaults_to_data() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.store.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.store.redis_url, None);
+    }
+
+    #[test]
+    fn data_dir_env_overrides_file() {
+        let mut config = Config::from_toml("[store]\ndata_dir = \"/srv/file\"").unwrap();
+        assert_eq!(config.store.data_dir, PathBuf::from("/srv/file"));
+        config
+            .apply_env(|name| (name == "HOOKRELAY_DATA_DIR").then(|| "/srv/env".into()))
+            .unwrap();
+        assert_eq!(config.store.data_dir, PathBuf::from("/srv/env"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Durable storage of accepted events: the idempotency keys, the inbox the worker reads, the
-//! retry schedule and the dead-letter queue, behind the [`Store`] trait.
+//! retry schedule and the dead-letter queue, behind the [`Store`] trait. Two backends keep it:
+//! [`redis`] for production and several replicas, [`embedded`] for one process on its own.
 //!
 //! The contract every backend keeps:
 //! - [`Store::accept`] claims the idempotency key and appends the event in one atomic step, so
@@ -10,6 +11,7 @@
 //! - [`Store::settle`] records the outcome of one delivery round atomically: dead-letter the
 //!   sinks that gave up, schedule a retry for the rest, or remove the entry when nothing is left.
 
+pub mod embedded;
 pub mod redis;
 
 use crate::event::Event;

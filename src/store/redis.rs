@@ -167,16 +167,19 @@ impl RedisStore {
         })
     }
 
-    /// Returns Redis's `appendonly` setting, or `None` when `CONFIG` is not allowed.
-    pub async fn append_only(&self) -> Option<bool> {
+    /// Returns Redis's `appendonly` setting; an error when Redis is unreachable or forbids `CONFIG`.
+    pub async fn append_only(&self) -> Result<bool, StoreError> {
         let mut conn = self.accept_conn.clone();
         let reply: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("appendonly")
             .query_async(&mut conn)
             .await
-            .ok()?;
-        reply.get(1).map(|value| value == "yes")
+            .map_err(unavailable)?;
+        reply
+            .get(1)
+            .map(|value| value == "yes")
+            .ok_or_else(|| StoreError::Corrupt("CONFIG GET appendonly returned no value".into()))
     }
 
     async fn ensure_group(&self) -> Result<(), StoreError> {
