@@ -336,6 +336,9 @@ pub enum SinkKind {
         #[serde(default)]
         body: HttpBody,
     },
+    /// Appends one JSON envelope per line to a local file, for trying hookrelay without a
+    /// broker.
+    File { path: std::path::PathBuf },
 }
 
 /// Body of the requests of an `http` sink.

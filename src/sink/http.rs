@@ -10,13 +10,13 @@
 //! `Retry-After` header asks; any other status is permanent. Redirects are not followed,
 //! because a redirected `POST` may lose its body.
 
-use super::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, header_text};
+use super::{
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, SOURCE_HEADER, Sink, SinkError, envelope, header_text,
+};
 use crate::config::{HttpBody, SecretBytes, secret};
 use crate::event::Event;
 use crate::verify::{Standard, standard_decode_secret};
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -146,23 +146,6 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
     let date = httpdate::parse_http_date(text).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Builds the JSON envelope: the payload as JSON when it parses, else as base64 in
-/// `payload_base64`.
-fn envelope(event: &Event) -> Vec<u8> {
-    let received_at = UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
-    let mut object = serde_json::json!({
-        "id": event.id,
-        "source": event.source,
-        "event_type": event.event_type,
-        "received_at": humantime::format_rfc3339_millis(received_at).to_string(),
-    });
-    match serde_json::from_slice::<serde_json::Value>(&event.payload) {
-        Ok(payload) => object["payload"] = payload,
-        Err(_) => object["payload_base64"] = BASE64.encode(&event.payload).into(),
-    }
-    serde_json::to_vec(&object).expect("a JSON value serializes")
 }
 
 /// Formats an error with its causes, because reqwest's own message omits what failed

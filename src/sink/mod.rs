@@ -5,12 +5,14 @@
 //! `Idempotency-Key` on HTTP.
 
 mod amqp;
+mod file;
 mod http;
 mod nats;
 mod redis_stream;
 mod template;
 
 pub use amqp::AmqpSink;
+pub use file::FileSink;
 pub use http::HttpSink;
 pub use nats::NatsSink;
 pub use redis_stream::RedisStreamSink;
@@ -19,8 +21,10 @@ pub use template::Template;
 use crate::config::{SinkConfig, SinkKind};
 use crate::event::Event;
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Header carrying the source name on NATS, AMQP and HTTP deliveries.
 pub const SOURCE_HEADER: &str = "Hookrelay-Source";
@@ -102,6 +106,7 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             *mandatory,
         )?)),
         SinkKind::Http { url, secret, body } => Ok(Box::new(HttpSink::new(url, secret, *body)?)),
+        SinkKind::File { path } => Ok(Box::new(FileSink::new(path.clone()))),
     }
 }
 
@@ -118,6 +123,24 @@ pub(crate) fn header_text(value: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(value)
     }
+}
+
+/// Builds the JSON envelope: the payload as JSON when it parses, else as base64 in
+/// `payload_base64`.
+pub(crate) fn envelope(event: &Event) -> Vec<u8> {
+    let received_at = UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
+    let mut object = serde_json::json!({
+        "id": event.id,
+        "delivery_id": event.delivery_id(),
+        "source": event.source,
+        "event_type": event.event_type,
+        "received_at": humantime::format_rfc3339_millis(received_at).to_string(),
+    });
+    match serde_json::from_slice::<serde_json::Value>(&event.payload) {
+        Ok(payload) => object["payload"] = payload,
+        Err(_) => object["payload_base64"] = BASE64.encode(&event.payload).into(),
+    }
+    serde_json::to_vec(&object).expect("a JSON value serializes")
 }
 
 #[cfg(test)]

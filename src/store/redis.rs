@@ -30,14 +30,21 @@ const GROUP: &str = "hookrelay";
 /// The stream entry is written before the key: if the key write then failed (out of memory),
 /// the event would be stored without its key and a retry could store it again, which is a
 /// duplicate at worst. The reverse order could leave a claimed key with no event, a loss.
+///
+/// The key's value is a token unique to the request, so that a retried call of the same
+/// request, after a lost response, recognises its own earlier write and still reports
+/// "accepted".
 const ACCEPT_SCRIPT: &str = r"
 local prior = redis.call('GET', KEYS[1])
 if prior then
-  return {0, prior}
+  if prior == ARGV[2] then
+    return 1
+  end
+  return 0
 end
-local entry = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-redis.call('SET', KEYS[1], entry, 'PX', ARGV[1])
-return {1, entry}
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+return 1
 ";
 
 /// Takes the retries that are due out of the retry set and claims their entries for this
@@ -378,11 +385,13 @@ impl Store for RedisStore {
         window: Duration,
     ) -> Result<AcceptOutcome, StoreError> {
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let mut invocation = self.accept_script.prepare_invoke();
         invocation
             .key(self.keys.seen(key))
             .key(&self.keys.inbox)
             .arg(window_ms)
+            .arg(&token)
             .arg("id")
             .arg(&event.id)
             .arg("source")
@@ -395,17 +404,17 @@ impl Store for RedisStore {
             .arg(event.payload.as_ref());
 
         let mut conn = self.accept_conn.clone();
-        let mut result = invocation.invoke_async::<(i64, Value)>(&mut conn).await;
+        let mut result = invocation.invoke_async::<i64>(&mut conn).await;
         // The connection manager reports a broken connection to the command that finds it
         // and reconnects for the next one. One more try, on the new connection, spares the
         // provider a 503 after Redis comes back. The handler's timeout bounds both tries, and
-        // a first try that did run makes the second report a duplicate, never a second copy.
+        // the token makes a second try of a first that did run report "accepted" again.
         if let Err(error) = &result
             && (error.is_io_error() || error.is_unrecoverable_error() || error.is_timeout())
         {
-            result = invocation.invoke_async::<(i64, Value)>(&mut conn).await;
+            result = invocation.invoke_async::<i64>(&mut conn).await;
         }
-        let (claimed, _entry) = result.map_err(unavailable)?;
+        let claimed = result.map_err(unavailable)?;
         Ok(match claimed {
             1 => AcceptOutcome::Accepted,
             _ => AcceptOutcome::Duplicate,
