@@ -3,6 +3,7 @@
 use crate::config::{Config, ConfigError};
 use crate::ops::{self, OpsState};
 use crate::receive::{self, ReceiveState, SourceRuntime};
+use crate::server::{self, ServerLimits};
 use crate::sink::{self, Sink};
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedStore, EmbeddedStoreOptions};
@@ -209,16 +210,18 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let worker = app
         .worker
         .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        // The peer address feeds the sources' client allow-lists.
-        let service = app
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .await
-    });
+    let limits = ServerLimits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        app.router,
+        limits,
+        shutdown.clone(),
+    ));
 
     Ok(Running {
         addr,

@@ -18,6 +18,7 @@ pub mod event;
 pub mod ops;
 pub mod receive;
 pub mod send;
+pub mod server;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

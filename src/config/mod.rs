@@ -25,6 +25,21 @@ pub struct Config {
     /// Longest time a client may take to send the request body; a stalled client gets a 408.
     #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Longest time a connection may take to send its request headers, idle keep-alive
+    /// connections included.
+    #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest silence from a client before its connection is closed, whether it is between
+    /// requests or inside one. Longer than `ack_timeout`, so no request waiting for its
+    /// response is cut.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once; more are closed as they arrive.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Time open connections get to finish their requests after a shutdown signal.
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Seconds sent in `Retry-After` with a 503.
     #[serde(default = "defaults::retry_after_secs")]
     pub retry_after_secs: u32,
@@ -467,8 +482,18 @@ impl Config {
                 humantime::format_duration(self.ack_timeout)
             ));
         }
-        if self.body_timeout.is_zero() {
-            return invalid("body_timeout must be above zero".into());
+        if self.body_timeout.is_zero() || self.header_timeout.is_zero() {
+            return invalid("body_timeout and header_timeout must be above zero".into());
+        }
+        if self.idle_timeout <= self.ack_timeout {
+            return invalid(format!(
+                "idle_timeout must be longer than ack_timeout ({}), got {}",
+                humantime::format_duration(self.ack_timeout),
+                humantime::format_duration(self.idle_timeout)
+            ));
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1".into());
         }
         if self.worker.backoff_initial.is_zero()
             || self.worker.backoff_initial > self.worker.backoff_max
@@ -709,6 +734,20 @@ mod defaults {
     /// connection's buffer.
     pub fn body_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    /// Below the common default limit of 1024 open files, which also covers store and sink
+    /// connections.
+    pub fn max_connections() -> usize {
+        768
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn retry_after_secs() -> u32 {
         5
