@@ -118,3 +118,61 @@ async fn killed_after_ack_forwards_after_restart() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_exits_cleanly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let prefix = unique("sigterm");
+    let stream = unique("sigterm-sink");
+    let mut sink_redis = PrivateRedis::reserve();
+    let config = write_config(dir.path(), port, &prefix, &sink_redis.url(), &stream);
+
+    let mut first = spawn_service(&config, port);
+    let client = reqwest::Client::new();
+    for n in 0..5 {
+        let body = format!(r#"{{"id":"term-{n}","event":"assets.updated"}}"#);
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/webhooks/makini"))
+            .header("content-type", "application/json")
+            .header(
+                "x-webhook-signature",
+                Makini::sign_hex(SECRET.as_bytes(), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
+    // The sink is down, so deliveries are failing and being retried when the signal comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+
+    sink_redis.start();
+    let mut second = spawn_service(&config, port);
+    let entries = wait_for_entries(&sink_redis.url(), &stream, 5, Duration::from_secs(15)).await;
+    let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["term-0", "term-1", "term-2", "term-3", "term-4"]);
+
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
