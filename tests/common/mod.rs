@@ -272,6 +272,8 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Runs with `appendonly yes` and `appendfsync always`, so a kill loses no write.
+    durable: bool,
 }
 
 impl PrivateRedis {
@@ -281,7 +283,16 @@ impl PrivateRedis {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            durable: false,
         }
+    }
+
+    /// Starts a server that syncs every write to its append-only file before replying.
+    pub fn start_durable() -> Self {
+        let mut redis = Self::reserve();
+        redis.durable = true;
+        redis.start();
+        redis
     }
 
     pub fn start_new() -> Self {
@@ -304,7 +315,11 @@ impl PrivateRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(match self.durable {
+                true => ["--appendonly", "yes", "--appendfsync", "always"],
+                false => ["--appendonly", "no", "--appendfsync", "everysec"],
+            })
             .args(["--enable-debug-command", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
