@@ -300,3 +300,59 @@ fn healthcheck_fails_without_server() {
     assert!(stderr.contains("failed"), "{stderr}");
     assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
 }
+
+/// Returns the TOML under `hookrelay.toml: |` in the ConfigMap, without its YAML indentation.
+fn configmap_config(manifest: &str) -> String {
+    let lines = manifest
+        .lines()
+        .skip_while(|line| line.trim() != "hookrelay.toml: |")
+        .skip(1)
+        .take_while(|line| line.is_empty() || line.starts_with("    "));
+    let mut config = String::new();
+    for line in lines {
+        config.push_str(line.strip_prefix("    ").unwrap_or(line));
+        config.push('\n');
+    }
+    config
+}
+
+#[test]
+fn shipped_configs_pass_check_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).unwrap();
+    let configmap = write_config(&configmap_config(&manifest));
+    let configs = [
+        root.join("deploy/hookrelay.toml"),
+        root.join("deploy/hookrelay.compose.toml"),
+        configmap.path().to_owned(),
+    ];
+
+    for config in &configs {
+        let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .arg("check-config")
+            .arg(config)
+            .env("MAKINI_WEBHOOK_SECRET", "placeholder-secret")
+            .env("HOOKRELAY_REDIS_URL", "redis://redis:6379")
+            .env_remove("HOOKRELAY_LISTEN")
+            .output()
+            .expect("hookrelay binary runs");
+        let stdout = text(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            config.display(),
+            text(&output.stderr)
+        );
+        assert!(
+            stdout.contains("makini: scheme makini"),
+            "{}: {stdout}",
+            config.display()
+        );
+        assert!(
+            stdout.contains("makini [*] -> events"),
+            "{}: {stdout}",
+            config.display()
+        );
+    }
+}
