@@ -48,14 +48,68 @@ pub struct App {
     worker: Option<Worker>,
 }
 
-/// Builds the service: resolves secrets, opens the store, builds sinks and routes. Nothing
-/// connects yet, so a Redis store or a sink that is down does not stop startup; the embedded
-/// store opens its file here, so a file locked by another process does.
-pub async fn build(config: &Config) -> Result<App, StartupError> {
+/// The parts of a service that a config yields without connecting anywhere: the sources with
+/// their secrets resolved, and the sinks and routes of the worker.
+pub struct Parts {
+    pub sources: HashMap<String, SourceRuntime>,
+    /// `None` when `worker.enabled` is false: a receive-only process builds no sinks, so it
+    /// needs none of their secrets.
+    pub delivery: Option<Delivery>,
+}
+
+/// The sinks and routes the worker forwards with.
+pub struct Delivery {
+    pub sinks: HashMap<String, Arc<dyn Sink>>,
+    pub router: EventRouter,
+}
+
+/// Builds the sources, sinks and routes of `config`, the way [`build`] does for `serve`.
+/// Resolving the secrets reads environment variables and files; nothing connects.
+pub fn build_parts(config: &Config) -> Result<Parts, StartupError> {
     let mut sources = HashMap::new();
     for source in &config.sources {
         sources.insert(source.name.clone(), SourceRuntime::new(source)?);
     }
+    if !config.worker.enabled {
+        return Ok(Parts {
+            sources,
+            delivery: None,
+        });
+    }
+
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    for sink_config in &config.sinks {
+        let sink = sink::build(sink_config).map_err(|reason| StartupError::Sink {
+            name: sink_config.name.clone(),
+            reason,
+        })?;
+        sinks.insert(sink_config.name.clone(), Arc::from(sink));
+    }
+    let router = EventRouter::new(&config.routes).map_err(StartupError::Route)?;
+    Ok(Parts {
+        sources,
+        delivery: Some(Delivery { sinks, router }),
+    })
+}
+
+/// Checks everything [`build`] checks without opening the store: [`build_parts`], and the
+/// Redis URL when one is set. The embedded store is left closed, because opening it locks
+/// its data directory against a service that may be running.
+pub fn check(config: &Config) -> Result<Parts, StartupError> {
+    let parts = build_parts(config)?;
+    if let Some(url) = config.store.redis_url.as_deref() {
+        // Parses the URL and sets up lazy connections; nothing connects until first use.
+        RedisStore::open(&redis_options(config, url))
+            .map_err(|e| StartupError::Store(e.to_string()))?;
+    }
+    Ok(parts)
+}
+
+/// Builds the service: resolves secrets, opens the store, builds sinks and routes. Nothing
+/// connects yet, so a Redis store or a sink that is down does not stop startup; the embedded
+/// store opens its file here, so a file locked by another process does.
+pub async fn build(config: &Config) -> Result<App, StartupError> {
+    let Parts { sources, delivery } = build_parts(config)?;
 
     let store = match config.store.redis_url.as_deref() {
         Some(url) => open_redis(config, url).await?,
@@ -65,25 +119,14 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     // Installed before anything records a metric.
     crate::ops::metrics::handle();
 
-    let worker = if config.worker.enabled {
-        let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
-        for sink_config in &config.sinks {
-            let sink = sink::build(sink_config).map_err(|reason| StartupError::Sink {
-                name: sink_config.name.clone(),
-                reason,
-            })?;
-            sinks.insert(sink_config.name.clone(), Arc::from(sink));
-        }
-        let router = EventRouter::new(&config.routes).map_err(StartupError::Route)?;
+    let worker = delivery.map(|Delivery { sinks, router }| {
         let mut worker = Worker::new(store.clone(), sinks, router, config.worker.clone());
         for sink_config in &config.sinks {
             let timeout = sink_config.timeout.unwrap_or(config.worker.sink_timeout);
             worker = worker.limit_sink(&sink_config.name, sink_config.concurrency, timeout);
         }
-        Some(worker)
-    } else {
-        None
-    };
+        worker
+    });
 
     let state = Arc::new(ReceiveState {
         sources,
@@ -130,15 +173,19 @@ fn with_request_layers(router: axum::Router) -> axum::Router {
     )
 }
 
-/// Opens the Redis store and warns when Redis would lose the inbox on restart.
-async fn open_redis(config: &Config, url: &str) -> Result<Arc<dyn Store>, StartupError> {
-    let redis = RedisStore::open(&RedisStoreOptions {
+fn redis_options(config: &Config, url: &str) -> RedisStoreOptions {
+    RedisStoreOptions {
         url: url.to_owned(),
         key_prefix: config.store.key_prefix.clone(),
         request_timeout: config.ack_timeout,
         visibility_timeout: config.worker.visibility_timeout,
-    })
-    .map_err(|e| StartupError::Store(e.to_string()))?;
+    }
+}
+
+/// Opens the Redis store and warns when Redis would lose the inbox on restart.
+async fn open_redis(config: &Config, url: &str) -> Result<Arc<dyn Store>, StartupError> {
+    let redis = RedisStore::open(&redis_options(config, url))
+        .map_err(|e| StartupError::Store(e.to_string()))?;
     // Nothing connects yet; a Redis that is down shows in /readyz and as 503 responses.
     tracing::info!(store = "redis", url = %redact_url(url), "store configured");
     match redis.append_only().await {
@@ -232,16 +279,14 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     })
 }
 
-/// Logs settings that are valid but probably not what the operator meant.
-fn warn_about_config(config: &Config) {
+/// Lists settings that are valid but probably not what the operator meant.
+pub fn config_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
     if config.sources.is_empty() {
-        tracing::warn!("no sources configured: every webhook request will get 404");
+        warnings.push("no sources configured: every webhook request will get 404".to_owned());
     }
     if !config.worker.enabled {
-        tracing::info!(
-            "worker disabled: this process receives and stores events but forwards none"
-        );
-        return;
+        return warnings;
     }
     for source in &config.sources {
         if !config
@@ -249,10 +294,10 @@ fn warn_about_config(config: &Config) {
             .iter()
             .any(|route| route.source == source.name)
         {
-            tracing::warn!(
-                source = %source.name,
-                "no route for this source: its events are acknowledged and dropped"
-            );
+            warnings.push(format!(
+                "no route for source {:?}: its events are acknowledged and dropped",
+                source.name
+            ));
         }
     }
     for sink in &config.sinks {
@@ -261,9 +306,10 @@ fn warn_about_config(config: &Config) {
             .iter()
             .any(|route| route.sinks.contains(&sink.name));
         if !routed {
-            tracing::warn!(sink = %sink.name, "no route sends events to this sink");
+            warnings.push(format!("no route sends events to sink {:?}", sink.name));
         }
     }
+    warnings
 }
 
 /// Runs the service until SIGINT or SIGTERM.
@@ -274,7 +320,14 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
             addr: config.listen,
             source,
         })?;
-    warn_about_config(&config);
+    for warning in config_warnings(&config) {
+        tracing::warn!("{warning}");
+    }
+    if !config.worker.enabled {
+        tracing::info!(
+            "worker disabled: this process receives and stores events but forwards none"
+        );
+    }
     let running = start(&config, listener).await?;
     for source in &config.sources {
         tracing::info!(

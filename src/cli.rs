@@ -7,6 +7,7 @@ use crate::send::{self, Encoding, SendRequest};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,26 @@ enum Command {
         /// TOML config file; `HOOKRELAY_*` environment variables override its keys.
         #[arg(long, short, env = "HOOKRELAY_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Validate a config as `serve` would, secrets included, and print what it would serve.
+    /// Secrets are shown by reference only and URLs without credentials.
+    CheckConfig {
+        /// TOML config file; `HOOKRELAY_*` environment variables override its keys.
+        file: PathBuf,
+    },
+    /// Exit 0 when a GET of the URL returns a 2xx status, 1 otherwise; for container health
+    /// checks.
+    Healthcheck {
+        /// URL to probe.
+        #[arg(
+            long,
+            env = "HOOKRELAY_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+        /// Longest wait for the response, such as `2s` or `500ms`.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Sign an event as a provider would, post it, and print the response.
     Send(Box<SendArgs>),
@@ -112,6 +133,20 @@ pub async fn run() -> ExitCode {
             match crate::app::serve(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error.to_string()),
+            }
+        }
+        Command::CheckConfig { file } => match crate::check::check_config(&file) {
+            Ok(description) => {
+                print!("{description}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error.to_string()),
+        },
+        Command::Healthcheck { url, timeout } => {
+            match crate::ops::healthcheck::probe(&url, timeout).await {
+                Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+                Ok(status) => fail(&format!("GET {url} returned {status}")),
+                Err(error) => fail(&error),
             }
         }
         Command::Send(args) => run_send(*args).await,

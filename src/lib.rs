@@ -8,10 +8,12 @@
 //! - [`worker`]: claims inbox entries, routes them, retries with backoff;
 //! - [`sink`]: the downstream destinations.
 //!
-//! [`config`] reads the settings, [`ops`] serves health checks and metrics, [`app`] wires the parts together for the binary and tests,
-//! and [`send`] signs test deliveries.
+//! [`config`] reads the settings, [`ops`] serves health checks and metrics, [`app`] wires the
+//! parts together for the binary and tests, [`send`] signs test deliveries, and [`check`]
+//! validates a config for `hookrelay check-config`.
 
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod event;

@@ -1,6 +1,7 @@
 //! Operations endpoints: `/healthz` (the process runs), `/readyz` (the store responds and the
 //! worker runs) and `/metrics` (Prometheus text).
 
+pub mod healthcheck;
 pub mod metrics;
 
 use crate::store::Store;
