@@ -238,6 +238,7 @@ fn describe_sink(sink: &SinkConfig) -> String {
                 redact_url(url)
             )
         }
+        SinkKind::File { path } => format!("file {}", path.display()),
     };
     format!(
         "{}: {destination}, concurrency {}",

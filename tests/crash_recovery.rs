@@ -199,7 +199,10 @@ async fn event_survives_sigkill_after_200() {
     let mut redis = start_redis(dir.path(), redis_port);
     wait_for_port(redis_port, &mut redis, &dir.path().join("none.log"));
     let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}")).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&test_redis_config())
+        .await
+        .unwrap();
     assert!(
         stream_payloads(&mut conn).await.is_empty(),
         "nothing forwarded before the kill"
@@ -256,4 +259,12 @@ async fn second_process_on_data_dir_fails() {
     );
     let (code, answer) = post_signed(first_port, &sample_makini_body("assets.updated")).await;
     assert_eq!(code, 200, "{answer}");
+}
+
+/// Connection settings for test clients of Redis: the client's default 500 ms response limit
+/// fails tests on a loaded machine.
+fn test_redis_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }

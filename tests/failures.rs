@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     PrivateRedis, SECRET, STANDARD_REDIS, ServiceSpec, TestService, read_stream, secret_file,
-    status_and_json, unique, wait_for_entries,
+    status_and_json, test_redis_config, unique, wait_for_entries,
 };
 use hookrelay::event::Event;
 use hookrelay::sink::{RedisStreamSink, Sink};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 async fn standard_conn() -> redis::aio::MultiplexedConnection {
     redis::Client::open(STANDARD_REDIS)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&test_redis_config())
         .await
         .unwrap()
 }
@@ -112,7 +112,7 @@ async fn stalled_store_answers_503_within_ack_timeout() {
     let stall = tokio::spawn(async move {
         let mut conn = redis::Client::open(url)
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&test_redis_config())
             .await
             .unwrap();
         let _: redis::RedisResult<()> = redis::cmd("DEBUG")

@@ -91,7 +91,10 @@ impl Service {
         wait: Duration,
     ) -> Vec<HashMap<String, Vec<u8>>> {
         let client = redis::Client::open(REDIS).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&test_redis_config())
+            .await
+            .unwrap();
         let deadline = Instant::now() + wait;
         loop {
             let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
@@ -110,7 +113,10 @@ impl Service {
 
     async fn stop(self) {
         let client = redis::Client::open(REDIS).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&test_redis_config())
+            .await
+            .unwrap();
         let _: i64 = redis::cmd("DEL")
             .arg(&self.stream)
             .query_async(&mut conn)
@@ -437,4 +443,12 @@ async fn slack_millisecond_timestamp_is_400() {
         "{answer}"
     );
     service.stop().await;
+}
+
+/// Connection settings for test clients of Redis: the client's default 500 ms response limit
+/// fails tests on a loaded machine.
+fn test_redis_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
     redis::Client::open(REDIS_URL)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&test_redis_config())
         .await
         .unwrap()
 }
@@ -131,4 +131,12 @@ async fn redis_stream_maxlen_trims() {
     assert!(len >= 10, "stream has {len} entries");
     assert!(len <= 110, "stream has {len} entries");
     delete_stream(&mut conn, &stream).await;
+}
+
+/// Connection settings for test clients of Redis: the client's default 500 ms response limit
+/// fails tests on a loaded machine.
+fn test_redis_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }

@@ -181,7 +181,9 @@ impl TestService {
     pub async fn stop(self) {
         self.running.stop().await.expect("service stops cleanly");
         if let Ok(client) = redis::Client::open(STANDARD_REDIS)
-            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && let Ok(mut conn) = client
+                .get_multiplexed_async_connection_with_config(&test_redis_config())
+                .await
         {
             let tagged = format!("{}:{{p0}}", self.spec.key_prefix);
             let keys = ["inbox", "retry", "state", "dlq"].map(|name| format!("{tagged}:{name}"));
@@ -212,7 +214,10 @@ pub struct SinkEntry {
 /// Reads every entry of `stream` at `url`.
 pub async fn read_stream(url: &str, stream: &str) -> Vec<SinkEntry> {
     let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&test_redis_config())
+        .await
+        .unwrap();
     let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.unwrap();
     reply
         .ids
@@ -355,4 +360,12 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Connection settings for test clients of Redis: the client's default 500 ms response limit
+/// fails tests on a loaded machine.
+pub fn test_redis_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }

@@ -120,7 +120,10 @@ impl Service {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = hookrelay::app::start(&config, listener).await.unwrap();
         let client = redis::Client::open(REDIS_URL).unwrap();
-        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        let redis = client
+            .get_multiplexed_async_connection_with_config(&test_redis_config())
+            .await
+            .unwrap();
         Self {
             running: Some(running),
             prefix,
@@ -402,4 +405,12 @@ impl Drop for PrivateNats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Connection settings for test clients of Redis: the client's default 500 ms response limit
+/// fails tests on a loaded machine.
+fn test_redis_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }
