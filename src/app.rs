@@ -111,10 +111,7 @@ pub fn check(config: &Config) -> Result<Parts, StartupError> {
 pub async fn build(config: &Config) -> Result<App, StartupError> {
     let Parts { sources, delivery } = build_parts(config)?;
 
-    let store = match config.store.redis_url.as_deref() {
-        Some(url) => open_redis(config, url).await?,
-        None => open_embedded(config).await?,
-    };
+    let store = open_store(config).await?;
 
     // Installed before anything records a metric.
     crate::ops::metrics::handle();
@@ -171,6 +168,15 @@ fn with_request_layers(router: axum::Router) -> axum::Router {
             .layer(trace)
             .layer(PropagateRequestIdLayer::new(request_id)),
     )
+}
+
+/// Opens the store the config names: Redis when `store.redis_url` is set, else the embedded
+/// store, which fails while another process has it open.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    match config.store.redis_url.as_deref() {
+        Some(url) => open_redis(config, url).await,
+        None => open_embedded(config).await,
+    }
 }
 
 fn redis_options(config: &Config, url: &str) -> RedisStoreOptions {

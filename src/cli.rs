@@ -1,11 +1,14 @@
 //! Command-line interface.
 
+mod dead_letters;
+
 use crate::config::{
     Config, HmacAlgorithm, HmacConfig, SchemeKind, SignatureEncoding, SignedContent,
 };
 use crate::send::{self, Encoding, SendRequest};
-use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use crate::store::ReplaySelection;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,6 +53,68 @@ enum Command {
     },
     /// Sign an event as a provider would, post it, and print the response.
     Send(Box<SendArgs>),
+    /// Inspect the dead-letter queue. With the embedded store, stop `hookrelay serve` first:
+    /// the store allows one process at a time.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Return dead letters to the inbox for another round, each owed only to the sink that
+    /// gave up on it. With the embedded store, stop `hookrelay serve` first: the store allows
+    /// one process at a time.
+    Replay(ReplayArgs),
+}
+
+/// The config file option of the dead-letter commands, which read the store `serve` uses.
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// TOML config file of `hookrelay serve`; `HOOKRELAY_*` environment variables override its
+    /// keys.
+    #[arg(long, short, env = "HOOKRELAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first: handle, event id, source, type, sink, attempts,
+    /// received time and error.
+    List {
+        /// Maximum number of dead letters listed.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print one dead letter with its payload: as text when it is printable UTF-8, else
+    /// base64.
+    Show {
+        /// Handle of the dead letter, as `dlq list` prints it.
+        handle: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Options of `hookrelay replay`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("selection").required(true).args(["handle", "all"])))]
+struct ReplayArgs {
+    /// Handle of the dead letter to replay, as `dlq list` prints it.
+    handle: Option<String>,
+    /// Replay every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// Replay only the dead letters of this sink.
+    #[arg(long)]
+    sink: Option<String>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 /// Options of `hookrelay send`.
@@ -150,6 +215,19 @@ pub async fn run() -> ExitCode {
             }
         }
         Command::Send(args) => run_send(*args).await,
+        Command::Dlq {
+            command: DlqCommand::List { limit, config },
+        } => dead_letters::list(config.path(), limit as usize).await,
+        Command::Dlq {
+            command: DlqCommand::Show { handle, config },
+        } => dead_letters::show(config.path(), &handle).await,
+        Command::Replay(args) => {
+            let selection = ReplaySelection {
+                handle: args.handle,
+                sink: args.sink,
+            };
+            dead_letters::replay(args.config.path(), selection).await
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use hookrelay::event::Event;
 use hookrelay::store::embedded::{EmbeddedStore, EmbeddedStoreOptions, ManualClock};
 use hookrelay::store::redis::{RedisStore, RedisStoreOptions};
-use hookrelay::store::{AcceptOutcome, DeadLetter, Delivery, Retry, Settlement, Store};
+use hookrelay::store::{
+    AcceptOutcome, DeadLetter, Delivery, ReplaySelection, Retry, Settlement, Store,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +17,7 @@ const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const WINDOW: Duration = Duration::from_secs(3600);
 /// Dedupe window and retry delay of the tests that let time pass. On Redis this is real time,
 /// so it is long enough that a pause of the test machine does not end it early.
-const DELAY: Duration = Duration::from_secs(1);
+const DELAY: Duration = Duration::from_secs(2);
 
 /// One backend under test, with the control over time and restarts the tests need.
 #[async_trait]
@@ -124,7 +126,7 @@ impl Backend for RedisBackend {
 }
 
 impl Drop for RedisBackend {
-    /// Deletes the test's keys.
+    /// Deletes the test's stream, schedule and state keys.
     fn drop(&mut self) {
         let Ok(client) = ::redis::Client::open(REDIS_URL) else {
             return;
@@ -132,13 +134,11 @@ impl Drop for RedisBackend {
         let Ok(mut conn) = client.get_connection() else {
             return;
         };
-        let keys: Vec<String> = ::redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(&keys).query(&mut conn);
-        }
+        // Known keys only: `KEYS` would block a shared Redis for a full scan. The idempotency
+        // keys expire on their own.
+        let tagged = format!("{}:{{p0}}", self.prefix);
+        let keys = ["inbox", "retry", "state", "dlq"].map(|name| format!("{tagged}:{name}"));
+        let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(&keys).query(&mut conn);
     }
 }
 
@@ -499,6 +499,212 @@ async fn restart_keeps_pending_entries(mut backend: impl Backend) {
     assert_eq!(again, AcceptOutcome::Duplicate, "keys survive a restart");
 }
 
+/// Accepts and claims each of `ids`, then settles it with every sink of `sinks` given up.
+async fn dead_letter_all(store: &Arc<dyn Store>, ids: &[&str], sinks: &[&str]) {
+    for id in ids {
+        store.accept(&event(id), &key(id), WINDOW).await.unwrap();
+    }
+    for delivery in claim_now(store, ids.len()).await {
+        let dead = sinks
+            .iter()
+            .map(|sink| DeadLetter {
+                sink: (*sink).into(),
+                error: format!("{sink} is down"),
+            })
+            .collect();
+        let settlement = Settlement { dead, retry: None };
+        store.settle(&delivery, settlement).await.unwrap();
+    }
+}
+
+fn select_all() -> ReplaySelection {
+    ReplaySelection::default()
+}
+
+fn select_handle(handle: &str) -> ReplaySelection {
+    ReplaySelection {
+        handle: Some(handle.into()),
+        sink: None,
+    }
+}
+
+async fn dead_letter_found_by_handle(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a"], &["queue"]).await;
+    let listed = store.dead_letters(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+
+    let found = store.dead_letter(&listed[0].handle).await.unwrap();
+    assert_eq!(found.as_ref(), Some(&listed[0]));
+    assert_eq!(found.unwrap().event, event("a"));
+    for unknown in ["999999", "1-1", "not-a-handle", ""] {
+        assert_eq!(
+            store.dead_letter(unknown).await.unwrap(),
+            None,
+            "{unknown:?}"
+        );
+    }
+}
+
+async fn replay_returns_dead_letters_to_inbox(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a"], &["queue", "archive"]).await;
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 2);
+
+    let replayed = store.replay(&select_all()).await.unwrap();
+    assert_eq!(replayed.len(), 2);
+    assert_eq!(replayed[0].event_id, "a");
+    assert_eq!(replayed[0].sink, "queue");
+    assert_eq!(replayed[1].sink, "archive");
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.dead_letters, 0);
+    assert_eq!(stats.inbox_depth, 2);
+
+    // The replay is durable: a restarted process finds the entries.
+    drop(store);
+    let store = backend.open().await;
+    let mut claimed = claim_now(&store, 10).await;
+    claimed.sort_by(|a, b| a.pending_sinks.cmp(&b.pending_sinks));
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].event, event("a"));
+    assert_eq!(claimed[0].attempt, 0, "attempts count from zero again");
+    assert_eq!(claimed[0].pending_sinks, Some(vec!["archive".to_owned()]));
+    assert_eq!(claimed[1].event, event("a"));
+    assert_eq!(claimed[1].pending_sinks, Some(vec!["queue".to_owned()]));
+    let handles: Vec<&str> = claimed.iter().map(|d| d.handle.as_str()).collect();
+    assert!(handles.contains(&replayed[0].inbox.as_str()));
+    assert!(handles.contains(&replayed[1].inbox.as_str()));
+}
+
+async fn replayed_entry_settles_like_any(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a", "b"], &["queue"]).await;
+    store.replay(&select_all()).await.unwrap();
+
+    let claimed = claim_now(&store, 10).await;
+    assert_eq!(claimed.len(), 2);
+    store
+        .settle(&claimed[0], Settlement::default())
+        .await
+        .unwrap();
+    let again = Settlement {
+        dead: vec![DeadLetter {
+            sink: "queue".into(),
+            error: "still down".into(),
+        }],
+        retry: None,
+    };
+    store.settle(&claimed[1], again).await.unwrap();
+
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event, claimed[1].event);
+    assert_eq!(dead[0].error, "still down");
+    assert_eq!(dead[0].attempt, 1);
+    assert_eq!(store.stats().await.unwrap().inbox_depth, 0);
+    backend
+        .advance(backend.visibility_timeout() + Duration::from_millis(200))
+        .await;
+    assert!(claim_now(&store, 10).await.is_empty());
+}
+
+async fn replay_one_handle_leaves_rest(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a", "b"], &["queue"]).await;
+    let before = store.dead_letters(10).await.unwrap();
+    let first = before.iter().find(|record| record.event.id == "a").unwrap();
+
+    let replayed = store.replay(&select_handle(&first.handle)).await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].dead_letter, first.handle);
+    assert_eq!(replayed[0].event_id, "a");
+
+    let left = store.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event.id, "b");
+    let claimed = claim_now(&store, 10).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event, event("a"));
+}
+
+async fn replay_twice_moves_once(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a"], &["queue"]).await;
+    let handle = store.dead_letters(10).await.unwrap()[0].handle.clone();
+
+    let first = store.replay(&select_handle(&handle)).await.unwrap();
+    let second = store.replay(&select_handle(&handle)).await.unwrap();
+    let all = store.replay(&select_all()).await.unwrap();
+
+    assert_eq!(first.len(), 1);
+    assert!(second.is_empty());
+    assert!(all.is_empty());
+    assert_eq!(claim_now(&store, 10).await.len(), 1);
+}
+
+async fn replay_filters_by_sink(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a", "b"], &["queue", "archive"]).await;
+
+    let selection = ReplaySelection {
+        handle: None,
+        sink: Some("queue".into()),
+    };
+    let replayed = store.replay(&selection).await.unwrap();
+
+    assert_eq!(replayed.len(), 2);
+    assert!(replayed.iter().all(|r| r.sink == "queue"));
+    let left = store.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|r| r.sink == "archive"));
+    let claimed = claim_now(&store, 10).await;
+    assert_eq!(claimed.len(), 2);
+    for delivery in &claimed {
+        assert_eq!(delivery.pending_sinks, Some(vec!["queue".to_owned()]));
+    }
+}
+
+async fn replay_handle_of_other_sink(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a"], &["archive"]).await;
+    let handle = store.dead_letters(10).await.unwrap()[0].handle.clone();
+
+    let selection = ReplaySelection {
+        handle: Some(handle),
+        sink: Some("queue".into()),
+    };
+    let replayed = store.replay(&selection).await.unwrap();
+
+    assert!(replayed.is_empty());
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+    assert!(claim_now(&store, 10).await.is_empty());
+}
+
+async fn replay_unknown_handle_moves_nothing(mut backend: impl Backend) {
+    let store = backend.open().await;
+    dead_letter_all(&store, &["a"], &["queue"]).await;
+
+    for unknown in ["999999", "1-1", "not-a-handle", "-", "+"] {
+        let replayed = store.replay(&select_handle(unknown)).await.unwrap();
+        assert!(replayed.is_empty(), "{unknown:?}");
+    }
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+}
+
+async fn replay_of_long_queue(mut backend: impl Backend) {
+    let store = backend.open().await;
+    let ids: Vec<String> = (0..250).map(|i| format!("e{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    dead_letter_all(&store, &ids, &["queue"]).await;
+
+    let replayed = store.replay(&select_all()).await.unwrap();
+
+    assert_eq!(replayed.len(), 250);
+    assert_eq!(store.stats().await.unwrap().dead_letters, 0);
+    assert_eq!(claim_now(&store, 1000).await.len(), 250);
+}
+
 async fn ping_succeeds(mut backend: impl Backend) {
     let store = backend.open().await;
     store.ping().await.unwrap();
@@ -578,6 +784,51 @@ macro_rules! behaviour_suite {
             #[tokio::test]
             async fn restart_keeps_pending_entries() {
                 super::restart_keeps_pending_entries($backend).await;
+            }
+
+            #[tokio::test]
+            async fn dead_letter_found_by_handle() {
+                super::dead_letter_found_by_handle($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_returns_dead_letters_to_inbox() {
+                super::replay_returns_dead_letters_to_inbox($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replayed_entry_settles_like_any() {
+                super::replayed_entry_settles_like_any($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_one_handle_leaves_rest() {
+                super::replay_one_handle_leaves_rest($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_twice_moves_once() {
+                super::replay_twice_moves_once($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_filters_by_sink() {
+                super::replay_filters_by_sink($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_handle_of_other_sink() {
+                super::replay_handle_of_other_sink($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_unknown_handle_moves_nothing() {
+                super::replay_unknown_handle_moves_nothing($backend).await;
+            }
+
+            #[tokio::test]
+            async fn replay_of_long_queue() {
+                super::replay_of_long_queue($backend).await;
             }
 
             #[tokio::test]

@@ -12,7 +12,8 @@
 //! sequence number, which is the [`Delivery::handle`]. A settlement with a retry moves the entry
 //! to `retrying`, lists it in `retry_due` by due time and keeps its attempt and the sinks still
 //! owed in `progress`. `seen` and `seen_expiry` contain the idempotency keys and their window
-//! ends, and `dead_letters` the dead-letter records.
+//! ends, and `dead_letters` the dead-letter records. A replay moves a dead letter to
+//! `retrying`, due at once and owed to its sink alone.
 //!
 //! Writes (accept, settle, the purge of expired keys) go through one writer thread that
 //! commits concurrent requests together (see `writer.rs`). Claims only read: a claimed entry
@@ -23,7 +24,10 @@
 mod tables;
 mod writer;
 
-use super::{AcceptOutcome, DeadLetterRecord, Delivery, Settlement, Store, StoreError, StoreStats};
+use super::{
+    AcceptOutcome, DeadLetterRecord, Delivery, ReplaySelection, Replayed, Settlement, Store,
+    StoreError, StoreStats,
+};
 use crate::event::Event;
 use async_trait::async_trait;
 use redb::{Database, DatabaseError, ReadableDatabase};
@@ -349,6 +353,28 @@ impl Store for EmbeddedStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("dead-letter read failed: {e}")))?
+    }
+
+    async fn dead_letter(&self, handle: &str) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let Ok(seq) = handle.parse::<u64>() else {
+            return Ok(None);
+        };
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = shared.db.begin_read().map_err(unavailable)?;
+            tables::dead_letter(&txn, seq).map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("dead-letter read failed: {e}")))?
+    }
+
+    async fn replay(&self, selection: &ReplaySelection) -> Result<Vec<Replayed>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Replay {
+            selection: selection.clone(),
+            reply,
+        })?;
+        answer.await.map_err(|_| writer_stopped())?
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

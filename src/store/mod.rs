@@ -10,6 +10,8 @@
 //!   timeout (it is presumed dead). An entry therefore reaches a worker at least once.
 //! - [`Store::settle`] records the outcome of one delivery round atomically: dead-letter the
 //!   sinks that gave up, schedule a retry for the rest, or remove the entry when nothing is left.
+//! - [`Store::replay`] moves dead letters back to the inbox, each in one atomic step, as an
+//!   entry owed to the sink that gave up only.
 
 pub mod embedded;
 pub mod redis;
@@ -72,6 +74,27 @@ pub struct DeadLetterRecord {
     pub attempt: u32,
 }
 
+/// The dead letters [`Store::replay`] returns to the inbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySelection {
+    /// Only the record with this handle; every record when `None`.
+    pub handle: Option<String>,
+    /// Only records of this sink; records of every sink when `None`.
+    pub sink: Option<String>,
+}
+
+/// A dead letter that [`Store::replay`] moved back to the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Handle the record had in the dead-letter queue.
+    pub dead_letter: String,
+    /// Handle of the new inbox entry.
+    pub inbox: String,
+    pub event_id: String,
+    /// The only sink the new entry is delivered to.
+    pub sink: String,
+}
+
 /// Inbox and dead-letter figures, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -109,6 +132,15 @@ pub trait Store: Send + Sync {
 
     /// Lists up to `max` dead-letter records, oldest first.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError>;
+
+    /// Returns the dead-letter record with `handle`, or `None` when there is none.
+    async fn dead_letter(&self, handle: &str) -> Result<Option<DeadLetterRecord>, StoreError>;
+
+    /// Moves the selected dead letters back to the inbox for another round, owed to the sink
+    /// that gave up only and with their attempts counted from zero. Each record leaves the
+    /// dead-letter queue in the same atomic step as its entry enters the inbox. Records
+    /// dead-lettered while the replay runs are left for the next one.
+    async fn replay(&self, selection: &ReplaySelection) -> Result<Vec<Replayed>, StoreError>;
 
     /// Checks that the store responds.
     async fn ping(&self) -> Result<(), StoreError>;

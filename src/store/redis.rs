@@ -13,7 +13,10 @@
 //! reclaims it once it has been idle for the visibility timeout. An entry waiting for a retry
 //! is pending too; the reclaim pass leaves those alone because they are in the retry set.
 
-use super::{AcceptOutcome, DeadLetterRecord, Delivery, Settlement, Store, StoreError, StoreStats};
+use super::{
+    AcceptOutcome, DeadLetterRecord, Delivery, ReplaySelection, Replayed, Settlement, Store,
+    StoreError, StoreStats,
+};
 use crate::event::{Event, unix_millis};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -57,6 +60,41 @@ end
 redis.call('ZREM', KEYS[2], unpack(ids))
 return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
 ";
+
+/// Moves dead letters back to the inbox. Each handle in `ARGV[2..]` that is still in the
+/// dead-letter stream, and is of the sink `ARGV[1]` unless that is empty, is moved: its event is
+/// appended to the inbox, recorded as owed to that sink alone with no round made, and the
+/// record is deleted. Returns `[dead-letter id, inbox id, event id, sink]` per record moved.
+///
+/// Every field is checked before the first write of a record, because Redis does not roll a
+/// script back when a command in it fails.
+const REPLAY_SCRIPT: &str = r"
+local moved = {}
+for i = 2, #ARGV do
+  local found = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #found == 1 then
+    local flat = found[1][2]
+    local record = {}
+    for j = 1, #flat, 2 do
+      record[flat[j]] = flat[j + 1]
+    end
+    local complete = record['id'] and record['source'] and record['type']
+      and record['received_at'] and record['payload'] and record['sink']
+    if complete and (ARGV[1] == '' or record['sink'] == ARGV[1]) then
+      local entry = redis.call('XADD', KEYS[2], '*',
+        'id', record['id'], 'source', record['source'], 'type', record['type'],
+        'received_at', record['received_at'], 'payload', record['payload'])
+      redis.call('HSET', KEYS[3], entry, '0|' .. record['sink'])
+      redis.call('XDEL', KEYS[1], ARGV[i])
+      moved[#moved + 1] = {ARGV[i], entry, record['id'], record['sink']}
+    end
+  end
+end
+return moved
+";
+
+/// Dead letters read and moved per round trip of a replay.
+const REPLAY_PAGE: usize = 100;
 
 /// Key names of one deployment.
 #[derive(Debug, Clone)]
@@ -105,6 +143,7 @@ pub struct RedisStore {
     reclaim: Mutex<ReclaimCursor>,
     accept_script: Script,
     promote_script: Script,
+    replay_script: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -171,6 +210,7 @@ impl RedisStore {
             }),
             accept_script: Script::new(ACCEPT_SCRIPT),
             promote_script: Script::new(PROMOTE_SCRIPT),
+            replay_script: Script::new(REPLAY_SCRIPT),
         })
     }
 
@@ -358,6 +398,82 @@ impl RedisStore {
         Ok(deliveries)
     }
 
+    /// Reads up to `max` dead-letter records with ids from `start` to `end`, both as `XRANGE`
+    /// takes them.
+    async fn dead_letter_range(
+        &self,
+        start: &str,
+        end: &str,
+        max: usize,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let mut conn = self.worker_conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&self.keys.dlq)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        parse_entries(reply)?
+            .into_iter()
+            .map(|entry| entry.to_dead_letter())
+            .collect()
+    }
+
+    /// Returns the id of the newest dead letter, if any.
+    async fn last_dead_letter_id(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.worker_conn.clone();
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&self.keys.dlq)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_entries(reply)?
+            .into_iter()
+            .next()
+            .map(|entry| entry.id))
+    }
+
+    /// Runs [`REPLAY_SCRIPT`] over `handles`.
+    async fn replay_handles(
+        &self,
+        handles: &[&str],
+        sink: Option<&str>,
+    ) -> Result<Vec<Replayed>, StoreError> {
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.replay_script.prepare_invoke();
+        invocation
+            .key(&self.keys.dlq)
+            .key(&self.keys.inbox)
+            .key(&self.keys.state)
+            .arg(sink.unwrap_or(""));
+        for handle in handles {
+            invocation.arg(*handle);
+        }
+        let mut conn = self.worker_conn.clone();
+        let moved: Vec<(String, String, String, String)> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(moved
+            .into_iter()
+            .map(|(dead_letter, inbox, event_id, sink)| Replayed {
+                dead_letter,
+                inbox,
+                event_id,
+                sink,
+            })
+            .collect())
+    }
+
     /// Takes due retries, then idle entries of dead consumers, then new entries.
     async fn claim_once(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
         self.ensure_group().await?;
@@ -485,28 +601,49 @@ impl Store for RedisStore {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let mut conn = self.worker_conn.clone();
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(&self.keys.dlq)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(max)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        parse_entries(reply)?
-            .into_iter()
-            .map(|entry| {
-                Ok(DeadLetterRecord {
-                    event: entry.to_event()?,
-                    sink: entry.text("sink")?,
-                    error: entry.text("error")?,
-                    attempt: entry.text("attempt")?.parse().unwrap_or(0),
-                    handle: entry.id,
-                })
-            })
-            .collect()
+        self.dead_letter_range("-", "+", max).await
+    }
+
+    async fn dead_letter(&self, handle: &str) -> Result<Option<DeadLetterRecord>, StoreError> {
+        // Anything but a full `<ms>-<seq>` id would make XRANGE read a range, or fail.
+        if !is_stream_id(handle) {
+            return Ok(None);
+        }
+        let mut found = self.dead_letter_range(handle, handle, 1).await?;
+        Ok(found.pop())
+    }
+
+    async fn replay(&self, selection: &ReplaySelection) -> Result<Vec<Replayed>, StoreError> {
+        let sink = selection.sink.as_deref();
+        if let Some(handle) = &selection.handle {
+            if !is_stream_id(handle) {
+                return Ok(Vec::new());
+            }
+            return self.replay_handles(&[handle], sink).await;
+        }
+
+        // The scan stops at the newest record of the start, so that an event dead-lettered
+        // again by a worker running meanwhile is not replayed in a loop.
+        let Some(end) = self.last_dead_letter_id().await? else {
+            return Ok(Vec::new());
+        };
+        let mut start = "-".to_owned();
+        let mut replayed = Vec::new();
+        loop {
+            let page = self.dead_letter_range(&start, &end, REPLAY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            start = format!("({}", last.handle);
+            let handles: Vec<&str> = page
+                .iter()
+                .filter(|record| sink.is_none_or(|sink| record.sink == sink))
+                .map(|record| record.handle.as_str())
+                .collect();
+            replayed.extend(self.replay_handles(&handles, sink).await?);
+            if page.len() < REPLAY_PAGE {
+                break;
+            }
+        }
+        Ok(replayed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -576,6 +713,26 @@ impl RawEntry {
             payload: Bytes::copy_from_slice(self.field("payload")?),
         })
     }
+}
+
+impl RawEntry {
+    fn to_dead_letter(&self) -> Result<DeadLetterRecord, StoreError> {
+        Ok(DeadLetterRecord {
+            event: self.to_event()?,
+            sink: self.text("sink")?,
+            error: self.text("error")?,
+            attempt: self.text("attempt")?.parse().unwrap_or(0),
+            handle: self.id.clone(),
+        })
+    }
+}
+
+/// Tells whether `text` is a complete stream entry id, `<ms>-<seq>`.
+fn is_stream_id(text: &str) -> bool {
+    let is_number =
+        |part: &str| part.bytes().all(|b| b.is_ascii_digit()) && part.parse::<u64>().is_ok();
+    text.split_once('-')
+        .is_some_and(|(ms, seq)| is_number(ms) && is_number(seq))
 }
 
 fn string_of(value: &Value) -> Option<String> {

@@ -2,7 +2,7 @@
 //! runs inside a transaction its caller opened, on a thread that may block.
 
 use crate::event::Event;
-use crate::store::{DeadLetterRecord, Delivery, Settlement, StoreStats};
+use crate::store::{DeadLetterRecord, Delivery, Replayed, Settlement, StoreStats};
 use bytes::Bytes;
 use redb::{
     ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
@@ -185,6 +185,54 @@ impl<'txn> WriteTables<'txn> {
     }
 }
 
+impl WriteTables<'_> {
+    /// Moves dead letters with sequence numbers in `range`, and of `sink` unless it is `None`,
+    /// back to the inbox, up to `max` of them. Each becomes a retry due at `now_ms` with no
+    /// round made, owed to its sink alone. Returns the records moved and the sequence number
+    /// after the last record looked at.
+    pub(super) fn replay(
+        &mut self,
+        counters: &mut Counters,
+        range: std::ops::Range<u64>,
+        sink: Option<&str>,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<(Vec<Replayed>, u64), redb::Error> {
+        let mut selected = Vec::new();
+        let mut next = range.end;
+        for item in self.dead.range(range)? {
+            let (key, value) = item?;
+            let seq = key.value();
+            if selected.len() >= max {
+                next = seq;
+                break;
+            }
+            let (row, record_sink, _, _) = value.value();
+            if sink.is_none_or(|sink| sink == record_sink) {
+                selected.push((seq, event_of(row), record_sink.to_owned()));
+            }
+        }
+
+        let mut replayed = Vec::with_capacity(selected.len());
+        for (dead_seq, event, sink) in selected {
+            let seq = counters.inbox;
+            counters.inbox += 1;
+            self.dead.remove(dead_seq)?;
+            self.retrying.insert(seq, row_of(&event))?;
+            self.progress
+                .insert(seq, (0, now_ms, vec![sink.as_str()]))?;
+            self.retry_due.insert((now_ms, seq), ())?;
+            replayed.push(Replayed {
+                dead_letter: dead_seq.to_string(),
+                inbox: seq.to_string(),
+                event_id: event.id,
+                sink,
+            });
+        }
+        Ok((replayed, next))
+    }
+}
+
 /// Removes up to `limit` idempotency keys whose window ended at or before `now_ms`, and
 /// returns how many it removed.
 pub(super) fn purge_expired(
@@ -290,6 +338,25 @@ pub(super) fn dead_letters(
         });
     }
     Ok(records)
+}
+
+/// Returns the dead-letter record `seq`, if there is one.
+pub(super) fn dead_letter(
+    txn: &ReadTransaction,
+    seq: u64,
+) -> Result<Option<DeadLetterRecord>, redb::Error> {
+    let dead = txn.open_table(DEAD)?;
+    let Some(value) = dead.get(seq)? else {
+        return Ok(None);
+    };
+    let (row, sink, error, attempt) = value.value();
+    Ok(Some(DeadLetterRecord {
+        handle: seq.to_string(),
+        event: event_of(row),
+        sink: sink.to_owned(),
+        error: error.to_owned(),
+        attempt,
+    }))
 }
 
 fn row_of(event: &Event) -> EventRow<'_> {

@@ -9,7 +9,7 @@
 use super::Shared;
 use super::tables::{self, Counters, WriteTables};
 use crate::event::{Event, unix_millis};
-use crate::store::{AcceptOutcome, Delivery, Settlement, StoreError};
+use crate::store::{AcceptOutcome, Delivery, ReplaySelection, Replayed, Settlement, StoreError};
 use redb::{Durability, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -18,6 +18,10 @@ use tokio::sync::oneshot;
 
 /// Maximum commands applied in one transaction, so that one commit stays short.
 const MAX_BATCH: usize = 1024;
+
+/// Maximum dead letters moved back to the inbox in one transaction, so that a replay of a
+/// long queue holds up accepts for one short commit at a time.
+const REPLAY_CHUNK: usize = 1000;
 
 /// Maximum idempotency keys removed in one purge transaction, so that an accept waits behind
 /// one short purge commit at most.
@@ -38,6 +42,10 @@ pub(super) enum Command {
     },
     Purge {
         reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Replay {
+        selection: ReplaySelection,
+        reply: oneshot::Sender<Result<Vec<Replayed>, StoreError>>,
     },
 }
 
@@ -107,6 +115,7 @@ impl Writer {
         let mut writes = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let mut purges = Vec::new();
+        let mut replays = Vec::new();
         for command in batch {
             match command {
                 Command::Accept {
@@ -132,6 +141,7 @@ impl Writer {
                     replies.push(Reply::Settle(reply));
                 }
                 Command::Purge { reply } => purges.push(reply),
+                Command::Replay { selection, reply } => replays.push((selection, reply)),
             }
         }
 
@@ -156,6 +166,46 @@ impl Writer {
         for reply in purges {
             let _ = reply.send(self.purge());
         }
+        for (selection, reply) in replays {
+            let result = self.replay(&selection);
+            if matches!(&result, Ok(replayed) if !replayed.is_empty()) {
+                self.shared.new_entries.notify_waiters();
+            }
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Moves the selected dead letters back to the inbox, a chunk per transaction. Only the
+    /// records present when it starts are looked at.
+    fn replay(&mut self, selection: &ReplaySelection) -> Result<Vec<Replayed>, StoreError> {
+        let range = match &selection.handle {
+            Some(handle) => match handle.parse::<u64>() {
+                Ok(seq) => seq..seq.saturating_add(1),
+                Err(_) => return Ok(Vec::new()),
+            },
+            None => 0..self.counters.dead,
+        };
+        let sink = selection.sink.as_deref();
+
+        let mut replayed = Vec::new();
+        let mut start = range.start;
+        while start < range.end {
+            let now_ms = unix_millis(self.shared.clock.now());
+            let mut counters = self.counters;
+            let txn = self.begin()?;
+            let (moved, next) = {
+                let mut tables = WriteTables::open(&txn).map_err(unavailable)?;
+                tables
+                    .replay(&mut counters, start..range.end, sink, REPLAY_CHUNK, now_ms)
+                    .map_err(unavailable)?
+            };
+            tables::save_counters(&txn, counters).map_err(unavailable)?;
+            txn.commit().map_err(unavailable)?;
+            self.counters = counters;
+            replayed.extend(moved);
+            start = next;
+        }
+        Ok(replayed)
     }
 
     /// Applies `writes` in one transaction and commits it. Returns, per write, whether it

@@ -1,0 +1,8 @@
+//! Feeds arbitrary requests to the shopify scheme's verification.
+
+#![no_main]
+
+use hookrelay_fuzz::{SchemeName, verify};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| verify(SchemeName::Shopify, data));
