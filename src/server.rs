@@ -3,8 +3,8 @@
 //! - Each request must send its headers within `header_timeout`, and a connection that sends
 //!   nothing for `idle_timeout` is closed, so idle and slow-loris connections are not held
 //!   forever. hyper's own header timeout does not cover a connection that never sends a byte.
-//! - At most `max_connections` are open at once; a connection over the limit is closed at once,
-//!   so that file descriptors and body buffers stay bounded.
+//! - At most `max_connections` are open at once. A connection over the limit is closed as it
+//!   arrives, so that file descriptors and body buffers stay bounded.
 //! - On shutdown the listener closes first, then open connections get `shutdown_grace` to
 //!   finish their requests before they are dropped.
 

@@ -19,17 +19,16 @@ pub struct Config {
     /// Address the HTTP listener binds.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
-    /// Longest time a request may wait for the store before the request gets a 503 response.
+    /// Maximum time a request waits for the store before it gets a 503 response.
     #[serde(default = "defaults::ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
-    /// Longest time a client may take to send the request body; a stalled client gets a 408.
+    /// Maximum time a client may take to send the request body. A stalled client gets a 408.
     #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
-    /// Longest time a connection may take to send its request headers, idle keep-alive
-    /// connections included.
+    /// Maximum time a request may take to send its headers.
     #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// Longest silence from a client before its connection is closed, whether it is between
+    /// Maximum silence from a client before its connection is closed, whether it is between
     /// requests or inside one. Longer than `ack_timeout`, so no request waiting for its
     /// response is cut.
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]

@@ -1,7 +1,7 @@
 //! File sink: appends each event as one line of JSON (the envelope of the HTTP sink) to a
-//! local file and syncs it to disk before the delivery counts. Meant for trying hookrelay on a
-//! laptop and for tests; a process that dies between the write and the settle writes the line
-//! again, so a reader deduplicates on `delivery_id`.
+//! local file and syncs it to disk before the delivery counts. It is meant for trying hookrelay
+//! on a laptop and for tests. A process that dies between the write and the settle writes the
+//! line again, so a reader deduplicates on `delivery_id`.
 
 use super::{Sink, SinkError, envelope};
 use crate::event::Event;
