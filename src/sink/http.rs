@@ -148,9 +148,10 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Builds the JSON envelope: the payload as JSON when it parses, else as base64 in
+/// Builds the JSON body of an `http` sink with `body = "envelope"`: the event's id, source,
+/// type and receipt time, and the payload as JSON when it parses, else as base64 in
 /// `payload_base64`.
-fn envelope(event: &Event) -> Vec<u8> {
+pub fn envelope(event: &Event) -> Vec<u8> {
     let received_at = UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
     let mut object = serde_json::json!({
         "id": event.id,

@@ -11,7 +11,7 @@ mod redis_stream;
 mod template;
 
 pub use amqp::AmqpSink;
-pub use http::HttpSink;
+pub use http::{HttpSink, envelope};
 pub use nats::NatsSink;
 pub use redis_stream::RedisStreamSink;
 pub use template::Template;
