@@ -22,6 +22,10 @@ async fn store_killed_under_load_loses_nothing() {
     let mut spec = ServiceSpec::new("storekill", &secret);
     spec.store_url = store_redis.url();
     spec.top = "ack_timeout = \"500ms\"".into();
+    // Entries claimed when the store died stay pending until this timeout, then another round
+    // takes them; short, so the test sees them delivered.
+    spec.worker
+        .push_str("\nvisibility_timeout = \"2s\"\nsink_timeout = \"1s\"");
     let service = Arc::new(TestService::start(spec).await);
 
     // Senders post distinct events for three seconds; the store dies at one second and comes

@@ -127,7 +127,7 @@ pub(crate) fn header_text(value: &str) -> Cow<'_, str> {
 
 /// Builds the JSON envelope: the payload as JSON when it parses, else as base64 in
 /// `payload_base64`.
-pub(crate) fn envelope(event: &Event) -> Vec<u8> {
+pub fn envelope(event: &Event) -> Vec<u8> {
     let received_at = UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
     let mut object = serde_json::json!({
         "id": event.id,
