@@ -47,7 +47,7 @@ enum Command {
             default_value = "http://127.0.0.1:8080/healthz"
         )]
         url: String,
-        /// Longest wait for the response, such as `2s` or `500ms`.
+        /// Maximum wait for the response, such as `2s` or `500ms`.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -147,7 +147,7 @@ struct SendArgs {
     encoding: Encoding,
     /// Delivery id: `webhook-id` (standard), `X-GitHub-Delivery` (github),
     /// `X-Shopify-Webhook-Id` (shopify); a fresh one by default. Send the same id twice to see
-    /// the duplicate answer.
+    /// the duplicate response.
     #[arg(long)]
     id: Option<String>,
     /// URL Twilio would sign, when it differs from the one posted to (a tunnel or proxy).

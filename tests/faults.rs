@@ -23,7 +23,7 @@ async fn store_killed_under_load_loses_nothing() {
     spec.store_url = store_redis.url();
     spec.top = "ack_timeout = \"500ms\"".into();
     // Entries claimed when the store died stay pending until this timeout, then another round
-    // takes them; short, so the test sees them delivered.
+    // takes them. It is short, so they arrive while the test waits.
     spec.worker
         .push_str("\nvisibility_timeout = \"2s\"\nsink_timeout = \"1s\"");
     let service = Arc::new(TestService::start(spec).await);

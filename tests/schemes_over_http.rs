@@ -25,8 +25,8 @@ struct Service {
 }
 
 impl Service {
-    /// Starts a service with one source named `name`. `source` holds the source's keys after
-    /// its name and secrets; `top` holds top-level keys.
+    /// Starts a service with one source named `name`. `source` contains the source's keys after
+    /// its name and secrets; `top` contains top-level keys.
     async fn start(name: &str, top: &str, source: &str, secret: &str) -> Service {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let stream = format!("hookrelay-test-schemes-{unique}");
@@ -74,7 +74,7 @@ impl Service {
         format!("http://{}/webhooks/{source}", self.running.addr)
     }
 
-    /// Waits until the sink stream holds `count` entries (at most 15 s) and returns them.
+    /// Waits until the sink stream contains `count` entries (at most 15 s) and returns them.
     async fn forwarded(&self, count: usize) -> Vec<HashMap<String, Vec<u8>>> {
         self.forwarded_within(count, Duration::from_secs(15)).await
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 const LIST_ERROR_CHARS: usize = 60;
 
 /// Loads the config and opens its store. The embedded store fails to open while `serve` has
-/// it open, so the error message then tells the user to stop `serve`.
+/// it open, so the error message then asks the user to stop `serve`.
 async fn open(path: Option<&Path>) -> Result<(Config, Arc<dyn Store>), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     match app::open_store(&config).await {

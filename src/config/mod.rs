@@ -202,7 +202,7 @@ pub enum SignatureEncoding {
     Base64,
 }
 
-/// What the generic `hmac` scheme signs.
+/// Content the generic `hmac` scheme signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignedContent {
@@ -245,7 +245,7 @@ pub struct SourceConfig {
     /// accepted, which is how a secret is rotated. Required unless the scheme is `none`.
     #[serde(default, deserialize_with = "secret_references")]
     pub secrets: Vec<String>,
-    /// URL the provider posts to, as the provider sees it (the `twilio` scheme signs it).
+    /// URL the provider posts to, as the provider addresses it (the `twilio` scheme signs it).
     pub public_url: Option<String>,
     /// Settings of the `hmac` scheme.
     pub hmac: Option<HmacConfig>,
@@ -473,8 +473,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
 
-        // A provider waits 10 s at most (Makini, GitHub); a response after that counts as a failure
-        // whatever its status, and the provider sends the event again.
+        // A provider waits 10 s at most (Makini, GitHub). A response after that counts as a failure
+        // whatever its status, so the provider sends the event again.
         if self.ack_timeout.is_zero() || self.ack_timeout >= Duration::from_secs(10) {
             return invalid(format!(
                 "ack_timeout must be above zero and below 10s, got {}",

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 pub const REQUESTS: &str = "hookrelay_requests_total";
 /// Signature checks that failed, by `source` and `reason`.
 pub const VERIFY_FAILURES: &str = "hookrelay_verification_failures_total";
-/// Deliveries answered as duplicates, by `source`.
+/// Deliveries recognised as duplicates, by `source`.
 pub const DUPLICATES: &str = "hookrelay_duplicates_total";
 /// Time from request start to response, in seconds, by `source`.
 pub const ACK_SECONDS: &str = "hookrelay_ack_duration_seconds";
@@ -24,7 +24,7 @@ pub const UNROUTED: &str = "hookrelay_unrouted_total";
 /// Time from receipt to acceptance by a sink, in seconds, by `sink`.
 pub const END_TO_END_SECONDS: &str = "hookrelay_end_to_end_seconds";
 
-/// Ack latency buckets: the request path is one store round trip, so most answers take
+/// Ack latency buckets: the request path is one store round trip, so most responses take
 /// milliseconds, and 10 s is the longest any provider waits.
 const ACK_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

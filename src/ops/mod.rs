@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// Longest a readiness or metrics probe waits for the store.
+/// Maximum wait of a readiness or metrics probe for the store.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// State the operations endpoints read.

@@ -14,7 +14,7 @@ pub enum ReceiveError {
     /// The client address is outside the source's `allowed_ips`.
     #[error("client address {client} is not allowed")]
     Forbidden { client: String },
-    /// The message says which types or encodings the source accepts.
+    /// The message lists the types or encodings the source accepts.
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("body larger than {limit} bytes")]

@@ -108,9 +108,9 @@ impl SourceRuntime {
 pub struct ReceiveState {
     pub sources: HashMap<String, SourceRuntime>,
     pub store: Arc<dyn Store>,
-    /// Longest wait for the whole request body; a client that stalls gets a 408.
+    /// Maximum wait for the whole request body. A client that stalls gets a 408.
     pub body_timeout: Duration,
-    /// Longest wait for the store before responding 503.
+    /// Maximum wait for the store before responding 503.
     pub ack_timeout: Duration,
     pub retry_after_secs: u32,
     /// Proxies whose `X-Forwarded-For` is believed when a source checks client addresses.

@@ -7,7 +7,7 @@
 //! event id, so it stays the same across retries; the timestamp is the time of each attempt.
 //!
 //! A 2xx response is success. 408, 429, 5xx and network errors are retried, no sooner than a
-//! `Retry-After` header asks; any other status is permanent. Redirects are not followed,
+//! `Retry-After` header requests. Any other status is permanent. Redirects are not followed,
 //! because a redirected `POST` may lose its body.
 
 use super::{

@@ -10,8 +10,8 @@
 //! party that captured one signed body could resend it under another delivery id.
 
 use super::{
-    Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, form_field, header_text,
-    header_values, hmac_of, is_form,
+    Scheme, SignatureHeader, SignedRequest, Verified, VerifyError, any_secret_matches,
+    decoded_signatures, form_field, header_text, hmac_of, is_form,
 };
 use crate::config::{HmacAlgorithm, SecretBytes};
 use std::time::SystemTime;
@@ -49,18 +49,12 @@ impl Scheme for Github {
         _now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let headers = request.headers;
-        let given: Vec<Vec<u8>> = header_values(headers, SIGNATURE)
-            .filter_map(decode_signature)
-            .collect();
-        if given.is_empty() {
-            return Err(match headers.contains_key(SIGNATURE) {
-                true => VerifyError::Malformed {
-                    header: "X-Hub-Signature-256",
-                    reason: "expected sha256= followed by hex",
-                },
-                false => VerifyError::MissingHeader("X-Hub-Signature-256"),
-            });
-        }
+        let header = SignatureHeader {
+            name: SIGNATURE,
+            display: "X-Hub-Signature-256",
+            expected: "expected sha256= followed by hex",
+        };
+        let given = decoded_signatures(headers, &header, decode_signature)?;
 
         let matched = any_secret_matches(&self.secrets, &given, |key| {
             hmac_of(HmacAlgorithm::Sha256, key, &[request.body])

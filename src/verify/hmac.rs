@@ -6,8 +6,8 @@
 
 use super::makini::BASE64;
 use super::{
-    Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, header_values, hmac_of,
-    timestamps_in_tolerance,
+    Scheme, SignatureHeader, SignedRequest, Verified, VerifyError, any_secret_matches,
+    decoded_signatures, hmac_of, timestamps_in_tolerance,
 };
 use crate::config::{HmacAlgorithm, HmacConfig, SecretBytes, SignatureEncoding, SignedContent};
 use axum::http::HeaderName;
@@ -121,18 +121,12 @@ impl Scheme for GenericHmac {
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let headers = request.headers;
-        if !headers.contains_key(&self.signature_header) {
-            return Err(VerifyError::MissingHeader(self.signature_display));
-        }
-        let given: Vec<Vec<u8>> = header_values(headers, self.signature_header.as_str())
-            .filter_map(|value| self.decode(value))
-            .collect();
-        if given.is_empty() {
-            return Err(VerifyError::Malformed {
-                header: self.signature_display,
-                reason: "prefix or encoding does not match the configuration",
-            });
-        }
+        let header = SignatureHeader {
+            name: self.signature_header.as_str(),
+            display: self.signature_display,
+            expected: "prefix or encoding does not match the configuration",
+        };
+        let given = decoded_signatures(headers, &header, |value| self.decode(value))?;
 
         let matched = match &self.timestamp {
             None => any_secret_matches(&self.secrets, &given, |key| {

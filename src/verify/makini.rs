@@ -2,7 +2,10 @@
 //! secret's UTF-8 bytes. Makini's documentation has shown the digest both as lowercase hex and
 //! as base64, so both encodings are accepted.
 
-use super::{Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, header_values};
+use super::{
+    Scheme, SignatureHeader, SignedRequest, Verified, VerifyError, any_secret_matches,
+    decoded_signatures,
+};
 use crate::config::SecretBytes;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -61,18 +64,12 @@ impl Scheme for Makini {
         _now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let headers = request.headers;
-        let given: Vec<Vec<u8>> = header_values(headers, HEADER)
-            .filter_map(decode_signature)
-            .collect();
-        if given.is_empty() {
-            return Err(match headers.contains_key(HEADER) {
-                true => VerifyError::Malformed {
-                    header: "X-Webhook-Signature",
-                    reason: "neither hex nor base64",
-                },
-                false => VerifyError::MissingHeader("X-Webhook-Signature"),
-            });
-        }
+        let header = SignatureHeader {
+            name: HEADER,
+            display: "X-Webhook-Signature",
+            expected: "neither hex nor base64",
+        };
+        let given = decoded_signatures(headers, &header, decode_signature)?;
 
         let matched =
             any_secret_matches(&self.secrets, &given, |key| mac(key, request.body).to_vec());

@@ -63,7 +63,7 @@ pub struct Verified {
     /// The JSON document that the id and type pointers read, when the body wraps it in a
     /// form field (GitHub's and Slack's `payload=`); `None` means the body itself.
     pub document: Option<String>,
-    /// A provider handshake rather than an event: the handler answers 200 with this JSON body
+    /// A provider handshake rather than an event: the handler responds 200 with this JSON body
     /// at once, and stores and forwards nothing.
     pub reply: Option<serde_json::Value>,
 }
@@ -230,6 +230,38 @@ pub(crate) fn header_values<'a>(
     name: &str,
 ) -> impl Iterator<Item = &'a [u8]> {
     headers.get_all(name).iter().map(|value| value.as_bytes())
+}
+
+/// Header whose values carry signatures, and how the scheme reads one value.
+pub(crate) struct SignatureHeader<'a> {
+    /// Lowercase name looked up in the request.
+    pub name: &'a str,
+    /// Name as the provider documents it, for error messages.
+    pub display: &'static str,
+    /// Expected form, for the 400 when no value decodes.
+    pub expected: &'static str,
+}
+
+/// Decodes every value of the signature header with `decode`. A missing header is
+/// `MissingHeader` (401) and a header none of whose values decodes is `Malformed` (400).
+pub(crate) fn decoded_signatures(
+    headers: &HeaderMap,
+    header: &SignatureHeader<'_>,
+    decode: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, VerifyError> {
+    if !headers.contains_key(header.name) {
+        return Err(VerifyError::MissingHeader(header.display));
+    }
+    let decoded: Vec<Vec<u8>> = header_values(headers, header.name)
+        .filter_map(decode)
+        .collect();
+    if decoded.is_empty() {
+        return Err(VerifyError::Malformed {
+            header: header.display,
+            reason: header.expected,
+        });
+    }
+    Ok(decoded)
 }
 
 /// Returns the first value of a header as text, when it is visible ASCII and not empty.

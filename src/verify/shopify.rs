@@ -6,8 +6,8 @@
 
 use super::makini::BASE64;
 use super::{
-    Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, header_text, header_values,
-    hmac_of,
+    Scheme, SignatureHeader, SignedRequest, Verified, VerifyError, any_secret_matches,
+    decoded_signatures, header_text, hmac_of,
 };
 use crate::config::{HmacAlgorithm, SecretBytes};
 use base64::Engine;
@@ -40,18 +40,14 @@ impl Scheme for Shopify {
         _now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let headers = request.headers;
-        let given: Vec<Vec<u8>> = header_values(headers, SIGNATURE)
-            .filter_map(|value| BASE64.decode(value.trim_ascii()).ok())
-            .collect();
-        if given.is_empty() {
-            return Err(match headers.contains_key(SIGNATURE) {
-                true => VerifyError::Malformed {
-                    header: "X-Shopify-Hmac-Sha256",
-                    reason: "not base64",
-                },
-                false => VerifyError::MissingHeader("X-Shopify-Hmac-Sha256"),
-            });
-        }
+        let header = SignatureHeader {
+            name: SIGNATURE,
+            display: "X-Shopify-Hmac-Sha256",
+            expected: "not base64",
+        };
+        let given = decoded_signatures(headers, &header, |value| {
+            BASE64.decode(value.trim_ascii()).ok()
+        })?;
 
         let matched = any_secret_matches(&self.secrets, &given, |key| {
             hmac_of(HmacAlgorithm::Sha256, key, &[request.body])

@@ -3,12 +3,12 @@
 //!
 //! Slash commands and interactive components post form-encoded bodies; those are verified
 //! exactly as received, never re-encoded. The Events API's `url_verification` request is a
-//! handshake, answered with its `challenge` and not stored, so a Slack app can register the
+//! handshake, replied to with its `challenge` and not stored, so a Slack app can register the
 //! endpoint.
 
 use super::{
-    Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, form_field, header_values,
-    hmac_of, is_form, timestamps_in_tolerance,
+    Scheme, SignatureHeader, SignedRequest, Verified, VerifyError, any_secret_matches,
+    decoded_signatures, form_field, hmac_of, is_form, timestamps_in_tolerance,
 };
 use crate::config::{HmacAlgorithm, SecretBytes};
 use serde_json::{Value, json};
@@ -44,7 +44,7 @@ fn mac(secret: &[u8], timestamp: &[u8], body: &[u8]) -> Vec<u8> {
     )
 }
 
-/// Reads what a verified body says about itself: the handshake, or the form's JSON payload
+/// Reads what a verified body reveals about itself: the handshake, or the form's JSON payload
 /// and event type.
 fn describe(request: &SignedRequest<'_>) -> Verified {
     if is_form(request.headers) {
@@ -84,18 +84,14 @@ impl Scheme for Slack {
         now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let headers = request.headers;
-        if !headers.contains_key(SIGNATURE) {
-            return Err(VerifyError::MissingHeader("X-Slack-Signature"));
-        }
-        let given: Vec<Vec<u8>> = header_values(headers, SIGNATURE)
-            .filter_map(|value| hex::decode(value.trim_ascii().strip_prefix(PREFIX)?).ok())
-            .collect();
-        if given.is_empty() {
-            return Err(VerifyError::Malformed {
-                header: "X-Slack-Signature",
-                reason: "expected v0= followed by hex",
-            });
-        }
+        let header = SignatureHeader {
+            name: SIGNATURE,
+            display: "X-Slack-Signature",
+            expected: "expected v0= followed by hex",
+        };
+        let given = decoded_signatures(headers, &header, |value| {
+            hex::decode(value.trim_ascii().strip_prefix(PREFIX)?).ok()
+        })?;
         let timestamps = timestamps_in_tolerance(
             headers,
             TIMESTAMP,

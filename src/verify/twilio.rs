@@ -2,7 +2,7 @@
 //! token, of the full URL Twilio requested followed by every form parameter's name and value,
 //! sorted by name (byte order) and then by value.
 //!
-//! Behind ngrok or a proxy the URL the receiver sees differs from the one Twilio signed, so
+//! Behind ngrok or a proxy the URL the receiver gets differs from the one Twilio signed, so
 //! the source is configured with its `public_url`; the query string of the request is
 //! appended to it. Twilio's own libraries also try the URL with the default port added or
 //! removed, because Twilio has signed both forms, and so does this scheme.
@@ -12,8 +12,8 @@
 
 use super::makini::BASE64;
 use super::{
-    Scheme, SignedRequest, Verified, VerifyError, any_secret_matches, header_text, header_values,
-    hmac_of, is_form, macs_equal,
+    Scheme, SignatureHeader, SignedRequest, Verified, VerifyError, any_secret_matches,
+    decoded_signatures, header_text, hmac_of, is_form, macs_equal,
 };
 use crate::config::{HmacAlgorithm, SecretBytes};
 use base64::Engine;
@@ -124,18 +124,14 @@ impl Scheme for Twilio {
         _now: SystemTime,
     ) -> Result<Verified, VerifyError> {
         let headers = request.headers;
-        let given: Vec<Vec<u8>> = header_values(headers, SIGNATURE)
-            .filter_map(|value| BASE64.decode(value.trim_ascii()).ok())
-            .collect();
-        if given.is_empty() {
-            return Err(match headers.contains_key(SIGNATURE) {
-                true => VerifyError::Malformed {
-                    header: "X-Twilio-Signature",
-                    reason: "not base64",
-                },
-                false => VerifyError::MissingHeader("X-Twilio-Signature"),
-            });
-        }
+        let header = SignatureHeader {
+            name: SIGNATURE,
+            display: "X-Twilio-Signature",
+            expected: "not base64",
+        };
+        let given = decoded_signatures(headers, &header, |value| {
+            BASE64.decode(value.trim_ascii()).ok()
+        })?;
 
         let form = is_form(headers);
         if !form {

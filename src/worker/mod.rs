@@ -221,7 +221,7 @@ impl Worker {
             )));
         };
         let attempt = async {
-            // The semaphore is never closed, so acquiring fails only if that changes.
+            // Nothing closes the semaphore, so this error path is unreachable today.
             let _permit = slot
                 .permits
                 .acquire()

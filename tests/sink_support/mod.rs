@@ -238,12 +238,12 @@ impl Service {
     }
 }
 
-/// What the recording downstream answers to one request.
+/// Response of the recording downstream to one request.
 #[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16),
     StatusRetryAfter(u16, &'static str),
-    /// Waits this long before answering 200.
+    /// Waits this long before responding 200.
     Hang(Duration),
 }
 
@@ -261,7 +261,7 @@ struct DownstreamState {
     received: Mutex<Vec<Received>>,
 }
 
-/// A real axum server that records every POST and answers from a script, then 200.
+/// A real axum server that records every POST and responds from a script, then with 200.
 pub struct Downstream {
     pub addr: SocketAddr,
     state: Arc<DownstreamState>,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 type EventRow<'a> = (&'a str, &'a str, &'a str, u64, &'a [u8]);
 
 /// Entries not yet settled by any delivery round, by sequence number (the handle the worker
-/// sees), so in arrival order. An entry is here or in [`RETRYING`], never in both.
+/// gets), so in arrival order. An entry is here or in [`RETRYING`], never in both.
 pub(super) const INBOX: TableDefinition<u64, EventRow> = TableDefinition::new("inbox");
 /// Entries settled with a retry: moved out of the inbox, so that a claim scanning the inbox
 /// for new work never walks past a backlog of retries.
@@ -105,7 +105,7 @@ impl<'txn> WriteTables<'txn> {
     /// Claims `key` until `now + window` and appends `event`, unless the key is still within
     /// an earlier window. Returns whether the event was stored.
     ///
-    /// Several accepts of one batch run in one transaction, one after the other, and each sees
+    /// Several accepts of one batch run in one transaction, one after the other, and each reads
     /// the keys the earlier ones wrote, so two copies of a key in one batch store one event.
     pub(super) fn accept(
         &mut self,

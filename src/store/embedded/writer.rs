@@ -289,7 +289,7 @@ fn apply(
     Ok(stored)
 }
 
-/// Replies to the commands of a committed batch. `stored` tells which accepts stored an
+/// Replies to the commands of a committed batch. `stored` marks which accepts stored an
 /// event.
 fn answer(replies: Vec<Reply>, stored: &[bool]) {
     for (reply, &stored) in replies.into_iter().zip(stored) {
@@ -308,7 +308,7 @@ fn answer(replies: Vec<Reply>, stored: &[bool]) {
     }
 }
 
-/// Answers every command of a batch that was not committed with `error`.
+/// Replies with `error` to every command of a batch that was not committed.
 fn fail(replies: Vec<Reply>, error: &StoreError) {
     let detail = match error {
         StoreError::Unavailable(detail) | StoreError::Corrupt(detail) => detail,
