@@ -232,6 +232,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The worker's counters; `None` when the worker is disabled.
     pub worker_stats: Option<Arc<WorkerStats>>,
+    /// The store the service writes to, for inspection by its owner.
+    pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), std::io::Error>>,
     worker: Option<JoinHandle<()>>,
@@ -279,6 +281,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     Ok(Running {
         addr,
         worker_stats,
+        store: app.store,
         shutdown,
         server,
         worker,

@@ -18,7 +18,7 @@ const EVENTS: usize = 20;
 const SINK_STREAM: &str = "replayed-events";
 
 /// Writes the config of a service whose only sink is a Redis stream at `sink_url`, giving up
-/// after two quick rounds.
+/// after two quick rounds, without pausing the sink.
 fn write_config(dir: &Path, store_toml: &str, sink_url: &str, secret: &Path) -> std::path::PathBuf {
     let text = format!(
         r#"
@@ -29,6 +29,8 @@ listen = "127.0.0.1:0"
 
 [worker]
 max_attempts = 2
+# Every event must use up its attempts, so the sink is never paused.
+pause_after_failures = 0
 backoff_initial = "50ms"
 backoff_max = "100ms"
 

@@ -705,6 +705,94 @@ async fn replay_of_long_queue(mut backend: impl Backend) {
     assert_eq!(claim_now(&store, 1000).await.len(), 250);
 }
 
+/// Settles `delivery` with a retry owed to `sinks`, due `after` from now.
+async fn hold(
+    store: &Arc<dyn Store>,
+    now: SystemTime,
+    delivery: &Delivery,
+    sinks: &[&str],
+    after: Duration,
+) {
+    let retry = Retry {
+        sinks: sinks.iter().map(|s| (*s).to_owned()).collect(),
+        attempt: 0,
+        due: now + after,
+    };
+    let settlement = Settlement {
+        dead: Vec::new(),
+        retry: Some(retry),
+    };
+    store.settle(delivery, settlement).await.unwrap();
+}
+
+async fn brought_forward_retries_come_in_arrival_order(mut backend: impl Backend) {
+    let store = backend.open().await;
+    let ids = ["a", "b", "c", "d", "e"];
+    for id in ids {
+        store.accept(&event(id), &key(id), WINDOW).await.unwrap();
+    }
+    store.accept(&event("x"), &key("x"), WINDOW).await.unwrap();
+    let claimed = claim_now(&store, 10).await;
+    assert_eq!(claimed.len(), 6);
+
+    // Held in reverse: the later an event arrived, the sooner it was held, so its due time
+    // is the earliest.
+    let now = backend.now();
+    for (n, delivery) in claimed.iter().rev().enumerate() {
+        let sinks: &[&str] = match delivery.event.id.as_str() {
+            "x" => &["other"],
+            _ => &["queue", "other"],
+        };
+        let after = Duration::from_secs(3600) + Duration::from_secs(n as u64);
+        hold(&store, now, delivery, sinks, after).await;
+    }
+    assert!(claim_now(&store, 10).await.is_empty());
+
+    let moved = store
+        .bring_forward("queue", usize::MAX, backend.now())
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 5, "only the retries owed to the sink");
+    let again = claim_now(&store, 10).await;
+    let order: Vec<&str> = again.iter().map(|d| d.event.id.as_str()).collect();
+    assert_eq!(order, ids, "claimed in arrival order");
+    assert!(
+        again
+            .iter()
+            .all(|d| d.pending_sinks == Some(vec!["queue".to_owned(), "other".to_owned()]))
+    );
+}
+
+async fn bring_forward_one_takes_earliest_due(mut backend: impl Backend) {
+    let store = backend.open().await;
+    for id in ["a", "b"] {
+        store.accept(&event(id), &key(id), WINDOW).await.unwrap();
+    }
+    let claimed = claim_now(&store, 10).await;
+    let now = backend.now();
+    let hour = Duration::from_secs(3600);
+    let (a, b) = (&claimed[0], &claimed[1]);
+    hold(&store, now, a, &["queue"], hour * 2).await;
+    hold(&store, now, b, &["queue"], hour).await;
+
+    let moved = store
+        .bring_forward("queue", 1, backend.now())
+        .await
+        .unwrap();
+    assert_eq!(moved, vec![b.handle.clone()]);
+    let again = claim_now(&store, 10).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].event.id, "b");
+
+    assert!(
+        store
+            .bring_forward("other", 10, backend.now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn ping_succeeds(mut backend: impl Backend) {
     let store = backend.open().await;
     store.ping().await.unwrap();
@@ -829,6 +917,16 @@ macro_rules! behaviour_suite {
             #[tokio::test]
             async fn replay_of_long_queue() {
                 super::replay_of_long_queue($backend).await;
+            }
+
+            #[tokio::test]
+            async fn brought_forward_retries_come_in_arrival_order() {
+                super::brought_forward_retries_come_in_arrival_order($backend).await;
+            }
+
+            #[tokio::test]
+            async fn bring_forward_one_takes_earliest_due() {
+                super::bring_forward_one_takes_earliest_due($backend).await;
             }
 
             #[tokio::test]

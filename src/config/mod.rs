@@ -108,6 +108,9 @@ pub struct WorkerConfig {
     /// Time limit of one delivery to one sink.
     #[serde(default = "defaults::sink_timeout", with = "humantime_serde")]
     pub sink_timeout: Duration,
+    /// Retryable failures of one sink in a row that pause it; 0 never pauses.
+    #[serde(default = "defaults::pause_after_failures")]
+    pub pause_after_failures: u32,
 }
 
 impl Default for WorkerConfig {
@@ -777,6 +780,9 @@ mod defaults {
     }
     pub fn sink_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn pause_after_failures() -> u32 {
+        3
     }
     pub fn sink_concurrency() -> usize {
         16

@@ -17,12 +17,14 @@ pub const INBOX_DEPTH: &str = "hookrelay_inbox_depth";
 pub const INBOX_OLDEST_AGE: &str = "hookrelay_inbox_oldest_age_seconds";
 /// Records in the dead-letter queue.
 pub const DEAD_LETTERS: &str = "hookrelay_dead_letters";
-/// Delivery attempts, by `sink` and `outcome` (`delivered`, `retry`, `dead_letter`).
+/// Delivery attempts, by `sink` and `outcome` (`delivered`, `retry`, `dead_letter`, `held`).
 pub const DELIVERIES: &str = "hookrelay_deliveries_total";
 /// Events that matched no route, by `source`.
 pub const UNROUTED: &str = "hookrelay_unrouted_total";
 /// Time from receipt to acceptance by a sink, in seconds, by `sink`.
 pub const END_TO_END_SECONDS: &str = "hookrelay_end_to_end_seconds";
+/// 1 while a sink is paused after failing repeatedly, else 0.
+pub const SINK_PAUSED: &str = "hookrelay_sink_paused";
 
 /// Ack latency buckets: the request path is one store round trip, so most responses take
 /// milliseconds, and 10 s is the longest any provider waits.
@@ -78,6 +80,10 @@ fn describe() {
     metrics::describe_gauge!(DEAD_LETTERS, "Records in the dead-letter queue.");
     metrics::describe_counter!(DELIVERIES, "Delivery attempts by sink and outcome.");
     metrics::describe_counter!(UNROUTED, "Events that matched no route.");
+    metrics::describe_gauge!(
+        SINK_PAUSED,
+        "1 while a sink is paused after repeated failures and its events are held."
+    );
     metrics::describe_histogram!(
         END_TO_END_SECONDS,
         metrics::Unit::Seconds,

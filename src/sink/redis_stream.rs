@@ -87,9 +87,8 @@ impl Sink for RedisStreamSink {
             .max(1);
         let maxlen = self.maxlen.map(|n| n.to_string()).unwrap_or_default();
 
-        let mut conn = self.conn.clone();
-        let added: i64 = self
-            .script
+        let mut invocation = self.script.prepare_invoke();
+        invocation
             .key(marker)
             .key(&self.stream)
             .arg(window_ms)
@@ -105,9 +104,19 @@ impl Sink for RedisStreamSink {
             .arg("received_at")
             .arg(humantime::format_rfc3339_millis(received_at).to_string())
             .arg("payload")
-            .arg(event.payload.as_ref())
-            .invoke_async(&mut conn)
-            .await
+            .arg(event.payload.as_ref());
+
+        let mut conn = self.conn.clone();
+        let mut result = invocation.invoke_async::<i64>(&mut conn).await;
+        // After an outage the connection manager hands the first command the broken
+        // connection, or its failed reconnect, and connects again for the next. One more try
+        // spares a sink that is back another round of backoff; the marker makes it safe.
+        if let Err(error) = &result
+            && (error.is_io_error() || error.is_unrecoverable_error() || error.is_timeout())
+        {
+            result = invocation.invoke_async::<i64>(&mut conn).await;
+        }
+        let added = result
             .map_err(|e| SinkError::retryable(format!("redis stream {}: {e}", self.stream)))?;
         if added == 0 {
             tracing::info!(stream = %self.stream, %delivery_id, "already in the stream; skipped");

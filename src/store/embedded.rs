@@ -377,6 +377,22 @@ impl Store for EmbeddedStore {
         answer.await.map_err(|_| writer_stopped())?
     }
 
+    async fn bring_forward(
+        &self,
+        sink: &str,
+        max: usize,
+        due: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::BringForward {
+            sink: sink.to_owned(),
+            max,
+            due,
+            reply,
+        })?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {

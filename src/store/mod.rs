@@ -130,6 +130,17 @@ pub trait Store: Send + Sync {
     /// Records the outcome of a delivery round of `delivery`.
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<(), StoreError>;
 
+    /// Makes up to `max` retries that still owe `sink` due at `due`, whether they were due
+    /// before or after it, taking the earliest due first, and returns their handles. They all
+    /// get the same due time, so claims hand them out in the order they arrived. The worker calls it when a
+    /// paused sink is back, and with `max` 1 to get an event to probe a paused sink with.
+    async fn bring_forward(
+        &self,
+        sink: &str,
+        max: usize,
+        due: SystemTime,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Lists up to `max` dead-letter records, oldest first.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError>;
 

@@ -61,6 +61,49 @@ redis.call('ZREM', KEYS[2], unpack(ids))
 return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
 ";
 
+/// Makes retries owed to sink `ARGV[2]` due at `ARGV[1]` (ms). Looks at up to `ARGV[4]`
+/// retries from position `ARGV[3]` of those due in the range `ARGV[6]` to `ARGV[7]`, in order
+/// of due time, and moves up to `ARGV[5]` of them. Returns the ids moved, then the count of
+/// retries looked at and left alone, then the count looked at.
+///
+/// Every moved retry gets the same due time, so the next claims take them in the order of
+/// their ids, which is the order of arrival.
+const BRING_FORWARD_SCRIPT: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[6], ARGV[7], 'LIMIT', ARGV[3], ARGV[4])
+local moved = {}
+local skipped = 0
+local wanted = tonumber(ARGV[5])
+for _, id in ipairs(ids) do
+  if #moved >= wanted then
+    break
+  end
+  local owed = false
+  local state = redis.call('HGET', KEYS[2], id)
+  if state then
+    local bar = string.find(state, '|', 1, true)
+    if bar then
+      for name in string.gmatch(string.sub(state, bar + 1), '[^,]+') do
+        if name == ARGV[2] then
+          owed = true
+        end
+      end
+    end
+  end
+  if owed then
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    moved[#moved + 1] = id
+  else
+    skipped = skipped + 1
+  end
+end
+moved[#moved + 1] = skipped
+moved[#moved + 1] = #ids
+return moved
+";
+
+/// Retries looked at per call of [`BRING_FORWARD_SCRIPT`], so that one call stays short.
+const BRING_FORWARD_PAGE: usize = 1000;
+
 /// Moves dead letters back to the inbox. Each handle in `ARGV[2..]` that is still in the
 /// dead-letter stream, and is of the sink `ARGV[1]` unless that is empty, is moved: its event is
 /// appended to the inbox, recorded as owed to that sink alone with no round made, and the
@@ -144,6 +187,7 @@ pub struct RedisStore {
     accept_script: Script,
     promote_script: Script,
     replay_script: Script,
+    bring_forward_script: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -211,6 +255,7 @@ impl RedisStore {
             accept_script: Script::new(ACCEPT_SCRIPT),
             promote_script: Script::new(PROMOTE_SCRIPT),
             replay_script: Script::new(REPLAY_SCRIPT),
+            bring_forward_script: Script::new(BRING_FORWARD_SCRIPT),
         })
     }
 
@@ -598,6 +643,60 @@ impl Store for RedisStore {
 
         let mut conn = self.worker_conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn bring_forward(
+        &self,
+        sink: &str,
+        max: usize,
+        due: std::time::SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = unix_millis(due);
+        let mut conn = self.worker_conn.clone();
+        let mut moved = Vec::new();
+        // Retries due before, then after, the new time; those due at it already are in place.
+        // Moved retries leave the range looked at; skipped ones stay, so the next page starts
+        // after them.
+        for (from, to) in [
+            ("-inf".to_owned(), format!("({now}")),
+            (format!("({now}"), "+inf".to_owned()),
+        ] {
+            let mut skipped = 0usize;
+            while moved.len() < max {
+                let reply: Vec<Value> = self
+                    .bring_forward_script
+                    .key(&self.keys.retry)
+                    .key(&self.keys.state)
+                    .arg(now)
+                    .arg(sink)
+                    .arg(skipped)
+                    .arg(BRING_FORWARD_PAGE)
+                    .arg(max - moved.len())
+                    .arg(&from)
+                    .arg(&to)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let count = |value: Option<&Value>| match value {
+                    Some(Value::Int(n)) => usize::try_from(*n).ok(),
+                    _ => None,
+                };
+                let (Some(looked_at), Some(left)) =
+                    (count(reply.last()), count(reply.iter().rev().nth(1)))
+                else {
+                    return Err(StoreError::Corrupt(
+                        "bring-forward reply lacks its counts".into(),
+                    ));
+                };
+                let ids = &reply[..reply.len() - 2];
+                moved.extend(ids.iter().filter_map(string_of));
+                skipped += left;
+                if looked_at < BRING_FORWARD_PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetterRecord>, StoreError> {

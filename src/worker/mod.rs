@@ -7,13 +7,16 @@
 //! the timeout, so a sink that falls behind fails its deliveries (to be retried later)
 //! instead of piling them up.
 
+mod breaker;
 mod route;
 
 pub use route::Router;
 
+use breaker::{Admission, Breaker, LONGEST_PAUSE, Transition};
+
 use crate::config::WorkerConfig;
 use crate::event::loggable;
-use crate::ops::metrics::{DELIVERIES, END_TO_END_SECONDS, UNROUTED};
+use crate::ops::metrics::{DELIVERIES, END_TO_END_SECONDS, SINK_PAUSED, UNROUTED};
 use crate::sink::{Sink, SinkError};
 use crate::store::{DeadLetter, Delivery, Retry, Settlement, Store};
 use futures::StreamExt;
@@ -22,7 +25,7 @@ use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -42,6 +45,8 @@ pub struct WorkerStats {
     pub retried: AtomicU64,
     /// Deliveries to one sink that failed for good and went to the dead-letter queue.
     pub dead_lettered: AtomicU64,
+    /// Deliveries to one sink set aside because the sink was paused.
+    pub held: AtomicU64,
     /// Events that no route matched; they are acknowledged and dropped.
     pub unrouted: AtomicU64,
 }
@@ -57,6 +62,22 @@ struct SinkSlot {
     sink: Arc<dyn Sink>,
     permits: Semaphore,
     timeout: Duration,
+    breaker: Breaker,
+}
+
+/// What became of one delivery to one sink.
+enum Outcome {
+    Delivered,
+    Failed(SinkError),
+    /// The sink is paused; the event waits for it without a round being counted.
+    Held {
+        /// The sink's generation when it was found paused.
+        generation: u64,
+        /// How long to hold a failed probe: until the next probe, which it makes again, so
+        /// that the oldest held event is the first to reach the sink when it is back. Other
+        /// events are held until the worker releases them.
+        probe_again_in: Option<Duration>,
+    },
 }
 
 pub struct Worker {
@@ -87,6 +108,11 @@ impl Worker {
                     sink,
                     permits: Semaphore::new(Semaphore::MAX_PERMITS),
                     timeout: config.sink_timeout,
+                    breaker: Breaker::new(
+                        config.pause_after_failures,
+                        config.backoff_initial,
+                        LONGEST_PAUSE,
+                    ),
                 };
                 (name, slot)
             })
@@ -126,9 +152,11 @@ impl Worker {
     /// claimed and not settled stays pending and is reclaimed after the visibility timeout.
     pub async fn run(self, shutdown: CancellationToken) {
         self.running.store(true, Ordering::Release);
+        self.release_held_at_start().await;
         let mut in_flight = FuturesUnordered::new();
         let mut store_failures = 0u32;
         while !shutdown.is_cancelled() {
+            self.request_probes().await;
             let room = self.config.batch_size.saturating_sub(in_flight.len());
             if room == 0 {
                 in_flight.next().await;
@@ -214,12 +242,62 @@ impl Worker {
         }
     }
 
-    async fn deliver_to(&self, name: &str, delivery: &Delivery) -> Result<(), SinkError> {
+    /// Events held while a sink was paused, by a process that has since stopped, would wait
+    /// for their hold to run out; a new process tries them at once.
+    async fn release_held_at_start(&self) {
+        for name in self.sinks.keys() {
+            match self
+                .store
+                .bring_forward(name, usize::MAX, SystemTime::now())
+                .await
+            {
+                Ok(moved) if !moved.is_empty() => {
+                    tracing::info!(sink = %name, events = moved.len(), "retrying held events now");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(sink = %name, %error, "cannot release held events"),
+            }
+        }
+    }
+
+    /// For each paused sink whose pause is over, makes the earliest held event due, so that
+    /// the next claim takes it as the probe.
+    async fn request_probes(&self) {
+        let now = Instant::now();
+        for (name, slot) in &self.sinks {
+            if !slot.breaker.should_request_probe(now) {
+                continue;
+            }
+            // When nothing is held yet, a retry already due, or the next event held, serves
+            // as the probe later.
+            if let Err(error) = self.store.bring_forward(name, 1, SystemTime::now()).await {
+                tracing::warn!(sink = %name, %error, "cannot pick an event to probe with");
+            }
+        }
+    }
+
+    async fn deliver_to(&self, name: &str, delivery: &Delivery) -> Outcome {
         let Some(slot) = self.sinks.get(name) else {
-            return Err(SinkError::permanent(format!(
+            return Outcome::Failed(SinkError::permanent(format!(
                 "sink {name:?} is not configured"
             )));
         };
+        let probe = match slot.breaker.admit(
+            &delivery.handle,
+            delivery.pending_sinks.is_some(),
+            Instant::now(),
+        ) {
+            Admission::Hold { generation } => {
+                WorkerStats::add(&self.stats.held);
+                return Outcome::Held {
+                    generation,
+                    probe_again_in: None,
+                };
+            }
+            Admission::Probe => true,
+            Admission::Deliver => false,
+        };
+
         let attempt = async {
             // Nothing closes the semaphore, so this error path is unreachable today.
             let _permit = slot
@@ -229,40 +307,141 @@ impl Worker {
                 .map_err(|_| SinkError::retryable("sink is shutting down"))?;
             slot.sink.deliver(&delivery.event).await
         };
-        match tokio::time::timeout(slot.timeout, attempt).await {
-            Ok(Ok(())) => {
-                WorkerStats::add(&self.stats.delivered);
-                tracing::info!(sink = name, "delivered");
-                let received_at = UNIX_EPOCH + Duration::from_millis(delivery.event.received_at_ms);
-                let latency = SystemTime::now()
-                    .duration_since(received_at)
-                    .unwrap_or_default();
-                metrics::histogram!(END_TO_END_SECONDS, "sink" => name.to_owned()).record(latency);
-                metrics::counter!(DELIVERIES, "sink" => name.to_owned(), "outcome" => "delivered")
-                    .increment(1);
-                Ok(())
-            }
-            Ok(Err(error)) => Err(error),
+        let result = match tokio::time::timeout(slot.timeout, attempt).await {
+            Ok(result) => result,
             Err(_) => Err(SinkError::retryable(format!(
                 "timed out after {}",
                 humantime::format_duration(slot.timeout)
             ))),
+        };
+
+        match result {
+            Ok(()) => {
+                self.record_delivered(name, delivery);
+                self.after_transition(name, slot.breaker.succeeded()).await;
+                Outcome::Delivered
+            }
+            // The sink answered, so it is up, even though it refused this event.
+            Err(error) if !error.retryable => {
+                self.after_transition(name, slot.breaker.succeeded()).await;
+                Outcome::Failed(error)
+            }
+            Err(error) => {
+                let transition = slot.breaker.failed(probe, &delivery.handle, Instant::now());
+                self.after_transition(name, transition).await;
+                // A failed probe tells about the sink, not the event: the event stays held
+                // and probes again next time, and uses up none of its attempts.
+                match (transition, slot.breaker.paused_generation()) {
+                    (Transition::StillDown { pause }, Some(generation)) if probe => {
+                        tracing::warn!(sink = name, %error, "probe failed; the sink stays paused");
+                        WorkerStats::add(&self.stats.held);
+                        Outcome::Held {
+                            generation,
+                            probe_again_in: Some(pause),
+                        }
+                    }
+                    _ => Outcome::Failed(error),
+                }
+            }
+        }
+    }
+
+    fn record_delivered(&self, name: &str, delivery: &Delivery) {
+        WorkerStats::add(&self.stats.delivered);
+        tracing::info!(sink = name, "delivered");
+        let received_at = UNIX_EPOCH + Duration::from_millis(delivery.event.received_at_ms);
+        let latency = SystemTime::now()
+            .duration_since(received_at)
+            .unwrap_or_default();
+        metrics::histogram!(END_TO_END_SECONDS, "sink" => name.to_owned()).record(latency);
+        metrics::counter!(DELIVERIES, "sink" => name.to_owned(), "outcome" => "delivered")
+            .increment(1);
+    }
+
+    /// Logs a pause or a resumption of sink `name`; on resumption, makes every event held for
+    /// it due at once.
+    async fn after_transition(&self, name: &str, transition: Transition) {
+        match transition {
+            Transition::None => {}
+            Transition::Paused { pause } => {
+                metrics::gauge!(SINK_PAUSED, "sink" => name.to_owned()).set(1.0);
+                tracing::warn!(
+                    sink = name,
+                    probe_in = %humantime::format_duration(pause),
+                    "sink keeps failing; holding its events until a probe gets through"
+                );
+            }
+            Transition::StillDown { pause } => {
+                tracing::info!(
+                    sink = name,
+                    probe_in = %humantime::format_duration(pause),
+                    "sink still paused"
+                );
+            }
+            Transition::Resuming { due } => {
+                // Events held meanwhile are settled due at this same time, so they take their
+                // place among the others by arrival.
+                let released = self.store.bring_forward(name, usize::MAX, due).await;
+                if let Some(slot) = self.sinks.get(name) {
+                    slot.breaker.resume();
+                }
+                metrics::gauge!(SINK_PAUSED, "sink" => name.to_owned()).set(0.0);
+                match released {
+                    Ok(moved) => {
+                        tracing::info!(
+                            sink = name,
+                            held = moved.len(),
+                            "sink is back; forwarding held events"
+                        );
+                    }
+                    // The held events come back when their hold runs out.
+                    Err(error) => {
+                        tracing::warn!(sink = name, %error, "sink is back, but its held events cannot be released yet")
+                    }
+                }
+            }
         }
     }
 
     /// Decides, for each sink that failed, between another round and the dead-letter queue.
-    fn settlement(
-        &self,
-        delivery: &Delivery,
-        outcomes: Vec<(&String, Result<(), SinkError>)>,
-    ) -> Settlement {
+    fn settlement(&self, delivery: &Delivery, outcomes: Vec<(&String, Outcome)>) -> Settlement {
         let attempt = delivery.attempt + 1;
         let mut settlement = Settlement::default();
         let mut retry_sinks = Vec::new();
+        let mut held_sinks = Vec::new();
+        // How long to hold the event for the held sinks still paused, and when the earliest
+        // held sink that came back meanwhile did.
+        let mut hold: Option<Duration> = None;
+        let mut resumed: Option<SystemTime> = None;
         let mut requested_delay = Duration::ZERO;
 
         for (sink, outcome) in outcomes {
-            let Err(error) = outcome else { continue };
+            let error = match outcome {
+                Outcome::Delivered => continue,
+                Outcome::Held {
+                    generation,
+                    probe_again_in,
+                } => {
+                    metrics::counter!(DELIVERIES, "sink" => sink.clone(), "outcome" => "held")
+                        .increment(1);
+                    let back_at = self
+                        .sinks
+                        .get(sink)
+                        .and_then(|slot| slot.breaker.due_after_hold(generation));
+                    match back_at {
+                        Some(at) => {
+                            resumed = Some(resumed.map_or(at, |earliest| earliest.min(at)));
+                        }
+                        None => {
+                            let this = probe_again_in.unwrap_or(self.config.visibility_timeout);
+                            hold = Some(hold.map_or(this, |hold| hold.min(this)));
+                        }
+                    }
+                    held_sinks.push(sink.clone());
+                    continue;
+                }
+                Outcome::Failed(error) => error,
+            };
             if error.retryable && attempt < self.config.max_attempts {
                 tracing::warn!(sink = %sink, %error, retry_after = ?error.retry_after, "delivery failed; will retry");
                 WorkerStats::add(&self.stats.retried);
@@ -288,10 +467,21 @@ impl Worker {
             let delay = self
                 .backoff(attempt)
                 .max(requested_delay.min(self.config.backoff_max));
+            retry_sinks.extend(held_sinks);
             settlement.retry = Some(Retry {
                 sinks: retry_sinks,
                 attempt,
                 due: SystemTime::now() + delay,
+            });
+        } else if !held_sinks.is_empty() {
+            // No round was made. A held event waits until its sink is back and the worker
+            // brings it forward; the visibility timeout bounds the wait in case the process
+            // that held it stops first.
+
+            settlement.retry = Some(Retry {
+                sinks: held_sinks,
+                attempt: delivery.attempt,
+                due: resumed.unwrap_or_else(|| SystemTime::now() + hold.unwrap_or_default()),
             });
         }
         settlement

@@ -186,6 +186,52 @@ impl<'txn> WriteTables<'txn> {
 }
 
 impl WriteTables<'_> {
+    /// Makes up to `max` retries that owe `sink` due at `now_ms`, earliest due first. Returns
+    /// their sequence numbers.
+    pub(super) fn bring_forward(
+        &mut self,
+        sink: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Vec<u64>, redb::Error> {
+        let mut chosen = Vec::new();
+        for item in self.retry_due.iter()? {
+            if chosen.len() >= max {
+                break;
+            }
+            let (key, _) = item?;
+            let (due, seq) = key.value();
+            if due == now_ms {
+                continue;
+            }
+            let owed = self
+                .progress
+                .get(seq)?
+                .is_some_and(|progress| progress.value().2.contains(&sink));
+            if owed {
+                chosen.push((due, seq));
+            }
+        }
+
+        for &(due, seq) in &chosen {
+            self.retry_due.remove((due, seq))?;
+            self.retry_due.insert((now_ms, seq), ())?;
+            let (attempt, sinks) = match self.progress.get(seq)? {
+                Some(progress) => {
+                    let (attempt, _, sinks) = progress.value();
+                    (
+                        attempt,
+                        sinks.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+                    )
+                }
+                None => continue,
+            };
+            let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
+            self.progress.insert(seq, (attempt, now_ms, sinks))?;
+        }
+        Ok(chosen.into_iter().map(|(_, seq)| seq).collect())
+    }
+
     /// Moves dead letters with sequence numbers in `range`, and of `sink` unless it is `None`,
     /// back to the inbox, up to `max` of them. Each becomes a retry due at `now_ms` with no
     /// round made, owed to its sink alone. Returns the records moved and the sequence number

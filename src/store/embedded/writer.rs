@@ -13,7 +13,7 @@ use crate::store::{AcceptOutcome, Delivery, ReplaySelection, Replayed, Settlemen
 use redb::{Durability, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 /// Maximum commands applied in one transaction, so that one commit stays short.
@@ -46,6 +46,12 @@ pub(super) enum Command {
     Replay {
         selection: ReplaySelection,
         reply: oneshot::Sender<Result<Vec<Replayed>, StoreError>>,
+    },
+    BringForward {
+        sink: String,
+        max: usize,
+        due: SystemTime,
+        reply: oneshot::Sender<Result<Vec<String>, StoreError>>,
     },
 }
 
@@ -116,6 +122,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         let mut purges = Vec::new();
         let mut replays = Vec::new();
+        let mut bring_forwards = Vec::new();
         for command in batch {
             match command {
                 Command::Accept {
@@ -142,6 +149,12 @@ impl Writer {
                 }
                 Command::Purge { reply } => purges.push(reply),
                 Command::Replay { selection, reply } => replays.push((selection, reply)),
+                Command::BringForward {
+                    sink,
+                    max,
+                    due,
+                    reply,
+                } => bring_forwards.push((sink, max, due, reply)),
             }
         }
 
@@ -173,6 +186,32 @@ impl Writer {
             }
             let _ = reply.send(result);
         }
+        for (sink, max, due, reply) in bring_forwards {
+            let result = self.bring_forward(&sink, max, due);
+            if matches!(&result, Ok(moved) if !moved.is_empty()) {
+                self.shared.new_entries.notify_waiters();
+            }
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Makes retries owed to `sink` due at `due`, in one transaction.
+    fn bring_forward(
+        &self,
+        sink: &str,
+        max: usize,
+        due: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let now_ms = unix_millis(due);
+        let txn = self.begin()?;
+        let moved = {
+            let mut tables = WriteTables::open(&txn).map_err(unavailable)?;
+            tables
+                .bring_forward(sink, max, now_ms)
+                .map_err(unavailable)?
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(moved.iter().map(u64::to_string).collect())
     }
 
     /// Moves the selected dead letters back to the inbox, a chunk per transaction. Only the
