@@ -4,11 +4,12 @@
 mod common;
 
 use common::{
-    PrivateRedis, SECRET, STANDARD_REDIS, free_port, read_stream, unique, wait_for_entries,
+    PrivateRedis, SECRET, STANDARD_REDIS, ServiceProcess, free_port, read_stream, unique,
+    wait_for_entries,
 };
 use hookrelay::verify::Makini;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn write_config(
@@ -51,25 +52,11 @@ sinks = ["events"]
     path
 }
 
-/// Starts the binary and waits until it accepts connections.
-fn spawn_service(config: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("hookrelay binary starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "hookrelay did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+/// Starts the binary, with its log in `dir`, and waits until it accepts connections.
+fn spawn_service(dir: &Path, config: &Path, port: u16) -> ServiceProcess {
+    let mut service = ServiceProcess::start(config, &dir.join("hookrelay.log"), &[]);
+    service.wait_for_port(port);
+    service
 }
 
 #[tokio::test]
@@ -82,7 +69,7 @@ async fn killed_after_ack_forwards_after_restart() {
     let mut sink_redis = PrivateRedis::reserve();
     let config = write_config(dir.path(), port, &prefix, &sink_redis.url(), &stream);
 
-    let mut first = spawn_service(&config, port);
+    let mut first = spawn_service(dir.path(), &config, port);
     let body = br#"{"id":"acked-then-killed","event":"work_orders.inserted"}"#;
     let response = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/webhooks/makini"))
@@ -99,13 +86,12 @@ async fn killed_after_ack_forwards_after_restart() {
 
     // Let it fail a round or two, then kill it without any chance to clean up.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    first.kill().expect("SIGKILL");
-    first.wait().unwrap();
+    first.kill();
 
     sink_redis.start();
     assert!(read_stream(&sink_redis.url(), &stream).await.is_empty());
 
-    let mut second = spawn_service(&config, port);
+    let mut second = spawn_service(dir.path(), &config, port);
     let entries = wait_for_entries(&sink_redis.url(), &stream, 1, Duration::from_secs(15)).await;
     assert_eq!(entries.len(), 1, "forwarded after restart");
     assert_eq!(entries[0].id, "acked-then-killed");
@@ -115,8 +101,7 @@ async fn killed_after_ack_forwards_after_restart() {
     let entries = read_stream(&sink_redis.url(), &stream).await;
     assert_eq!(entries.len(), 1, "forwarded exactly once: {entries:?}");
 
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }
 
 #[tokio::test]
@@ -128,7 +113,7 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     let mut sink_redis = PrivateRedis::reserve();
     let config = write_config(dir.path(), port, &prefix, &sink_redis.url(), &stream);
 
-    let mut first = spawn_service(&config, port);
+    let mut first = spawn_service(dir.path(), &config, port);
     let client = reqwest::Client::new();
     for n in 0..5 {
         let body = format!(r#"{{"id":"term-{n}","event":"assets.updated"}}"#);
@@ -155,7 +140,7 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     assert!(signalled.success());
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = first.try_wait().unwrap() {
+        if let Some(status) = first.try_wait() {
             break status;
         }
         assert!(
@@ -167,12 +152,11 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     assert!(status.success(), "exit status {status:?}");
 
     sink_redis.start();
-    let mut second = spawn_service(&config, port);
+    let mut second = spawn_service(dir.path(), &config, port);
     let entries = wait_for_entries(&sink_redis.url(), &stream, 5, Duration::from_secs(15)).await;
     let mut ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["term-0", "term-1", "term-2", "term-3", "term-4"]);
 
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }

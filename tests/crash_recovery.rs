@@ -3,30 +3,21 @@
 //! Each test starts its own hookrelay processes and, where it needs one, a private
 //! `redis-server` on a free port.
 
+mod common;
+
+use common::{PrivateRedis, ServiceProcess, free_port, test_redis_config};
 use hookrelay::config::SchemeKind;
 use hookrelay::send::{SendRequest, sample_makini_body, signed_headers};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET_ENV: &str = "HOOKRELAY_TEST_MAKINI_SECRET";
 const SECRET: &str = "crash-test-secret";
 const STREAM: &str = "makini.events";
 
-/// A child process that is killed when the test ends, whatever the outcome.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().unwrap().port()
+/// Starts `hookrelay serve` with its log in `log`.
+fn start_hookrelay(config: &Path, log: &Path) -> ServiceProcess {
+    ServiceProcess::start(config, log, &[(SECRET_ENV, SECRET)])
 }
 
 /// Writes a config with the embedded store in `data_dir` and, when `sink_port` is given, a
@@ -78,60 +69,6 @@ sinks = ["events"]
     path
 }
 
-/// Starts `hookrelay serve` with its log in `log`.
-fn start_hookrelay(config: &Path, log: &Path) -> Guard {
-    let log = std::fs::File::create(log).expect("create log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env(SECRET_ENV, SECRET)
-        .env("RUST_LOG", "info")
-        .env_remove("HOOKRELAY_REDIS_URL")
-        .env_remove("HOOKRELAY_DATA_DIR")
-        .env_remove("HOOKRELAY_LISTEN")
-        .env_remove("HOOKRELAY_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start hookrelay");
-    Guard(child)
-}
-
-/// Waits until `port` accepts connections, failing early if `process` exits.
-fn wait_for_port(port: u16, process: &mut Guard, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = process.0.try_wait() {
-            panic!(
-                "process exited with {status} before listening; log:\n{}",
-                read(log)
-            );
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("port {port} not open after 15 s; log:\n{}", read(log));
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn start_redis(dir: &Path, port: u16) -> Guard {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    Guard(child)
-}
-
 async fn post_signed(port: u16, body: &[u8]) -> (u16, String) {
     let request = SendRequest::new(
         format!("http://127.0.0.1:{port}/webhooks/makini"),
@@ -171,34 +108,33 @@ async fn stream_payloads(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Ve
 async fn event_survives_sigkill_after_200() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let (port, redis_port) = (free_port(), free_port());
+    let port = free_port();
+    let mut redis = PrivateRedis::reserve();
     let config = write_config(
         dir.path(),
         "hookrelay.toml",
         port,
         &data_dir,
-        Some(redis_port),
+        Some(redis.port),
     );
     let first_log = dir.path().join("first.log");
 
     // The sink's Redis is not running, so the worker cannot forward before the kill.
     let mut first = start_hookrelay(&config, &first_log);
-    wait_for_port(port, &mut first, &first_log);
+    first.wait_for_port(port);
     let body = sample_makini_body("assets.updated");
     let (status, answer) = post_signed(port, &body).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("accepted"), "{answer}");
-    first.0.kill().expect("SIGKILL hookrelay");
-    first.0.wait().unwrap();
+    first.kill();
 
-    let log = read(&first_log);
+    let log = first.log();
     assert!(log.contains("embedded"), "{log}");
     assert!(log.contains("serves this process only"), "{log}");
     assert!(log.contains(&data_dir.display().to_string()), "{log}");
 
-    let mut redis = start_redis(dir.path(), redis_port);
-    wait_for_port(redis_port, &mut redis, &dir.path().join("none.log"));
-    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}")).unwrap();
+    redis.start();
+    let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&test_redis_config())
         .await
@@ -210,7 +146,7 @@ async fn event_survives_sigkill_after_200() {
 
     let second_log = dir.path().join("second.log");
     let mut second = start_hookrelay(&config, &second_log);
-    wait_for_port(port, &mut second, &second_log);
+    second.wait_for_port(port);
     let deadline = Instant::now() + Duration::from_secs(20);
     while stream_payloads(&mut conn).await.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -219,7 +155,7 @@ async fn event_survives_sigkill_after_200() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let payloads = stream_payloads(&mut conn).await;
-    assert_eq!(payloads.len(), 1, "log:\n{}", read(&second_log));
+    assert_eq!(payloads.len(), 1, "log:\n{}", second.log());
     assert_eq!(payloads[0], body);
 }
 
@@ -234,37 +170,29 @@ async fn second_process_on_data_dir_fails() {
     let second_log = dir.path().join("second.log");
 
     let mut first = start_hookrelay(&first_config, &first_log);
-    wait_for_port(first_port, &mut first, &first_log);
+    first.wait_for_port(first_port);
     let mut second = start_hookrelay(&second_config, &second_log);
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = second.0.try_wait().unwrap() {
+        if let Some(status) = second.try_wait() {
             break status;
         }
         assert!(
             Instant::now() < deadline,
             "second process still running; log:\n{}",
-            read(&second_log)
+            second.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let log = read(&second_log);
+    let log = second.log();
     assert!(!status.success(), "{log}");
     assert!(log.contains("is locked by another process"), "{log}");
     assert!(log.contains("serves one process only"), "{log}");
     assert!(
-        first.0.try_wait().unwrap().is_none(),
+        first.try_wait().is_none(),
         "the first process keeps running"
     );
     let (code, answer) = post_signed(first_port, &sample_makini_body("assets.updated")).await;
     assert_eq!(code, 200, "{answer}");
-}
-
-/// Connection settings for test clients of Redis: the client's default 500 ms response limit
-/// fails tests on a loaded machine.
-fn test_redis_config() -> redis::AsyncConnectionConfig {
-    redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
 }

@@ -180,6 +180,8 @@ pub struct RedisStore {
     /// queue behind it on the worker connection.
     blocking_conn: ConnectionManager,
     keys: Keys,
+    /// A new name per process. NOTE: nothing deletes the names of processes that ended, so the
+    /// group's consumer list grows by one per start (without pending entries once reclaimed).
     consumer: String,
     visibility_timeout: Duration,
     group_ready: AtomicBool,

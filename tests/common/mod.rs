@@ -9,8 +9,8 @@ use hookrelay::verify::Makini;
 use redis::AsyncCommands;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::NamedTempFile;
 
@@ -368,4 +368,87 @@ pub fn test_redis_config() -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
         .set_response_timeout(Some(std::time::Duration::from_secs(10)))
+}
+
+/// `hookrelay serve` run from the built binary, killed when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts `hookrelay serve --config CONFIG` with `RUST_LOG=info`, the `HOOKRELAY_*`
+    /// overrides of the test's environment removed, `envs` set, and stderr appended to `log`.
+    pub fn start(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the service log");
+        let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("HOOKRELAY_REDIS_URL")
+            .env_remove("HOOKRELAY_DATA_DIR")
+            .env_remove("HOOKRELAY_LISTEN")
+            .env_remove("HOOKRELAY_CONFIG")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the hookrelay binary");
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits until `port` accepts connections. Panics with the log if the process exits first
+    /// or the port is still closed after 15 s.
+    pub fn wait_for_port(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "hookrelay exited with {status} before listening; log:\n{}",
+                    self.log()
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("port {port} not open after 15 s; log:\n{}", self.log());
+    }
+
+    /// Sends SIGKILL and waits for the exit; returns the time from the signal to the exit.
+    pub fn kill(&mut self) -> Duration {
+        let signalled = Instant::now();
+        self.child.kill().expect("SIGKILL hookrelay");
+        self.child.wait().expect("wait for hookrelay");
+        signalled.elapsed()
+    }
+
+    /// Returns the exit status once the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll hookrelay")
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Returns the log written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
