@@ -793,6 +793,42 @@ async fn bring_forward_one_takes_earliest_due(mut backend: impl Backend) {
     );
 }
 
+async fn settle_many_records_each(mut backend: impl Backend) {
+    let store = backend.open().await;
+    for id in ["a", "b", "c"] {
+        store.accept(&event(id), &key(id), WINDOW).await.unwrap();
+    }
+    let claimed = claim_now(&store, 10).await;
+    assert_eq!(claimed.len(), 3);
+
+    let retry = Retry {
+        sinks: vec!["queue".into()],
+        attempt: 1,
+        due: backend.now(),
+    };
+    let items: Vec<(Delivery, Settlement)> = claimed
+        .iter()
+        .map(|delivery| {
+            let settlement = match delivery.event.id.as_str() {
+                "b" => Settlement {
+                    dead: Vec::new(),
+                    retry: Some(retry.clone()),
+                },
+                _ => Settlement::default(),
+            };
+            (delivery.clone(), settlement)
+        })
+        .collect();
+    let results = store.settle_many(items).await;
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let again = claim_now(&store, 10).await;
+    assert_eq!(again.len(), 1, "only the retry is left");
+    assert_eq!(again[0].event.id, "b");
+    assert_eq!(again[0].attempt, 1);
+}
+
 async fn ping_succeeds(mut backend: impl Backend) {
     let store = backend.open().await;
     store.ping().await.unwrap();
@@ -927,6 +963,11 @@ macro_rules! behaviour_suite {
             #[tokio::test]
             async fn bring_forward_one_takes_earliest_due() {
                 super::bring_forward_one_takes_earliest_due($backend).await;
+            }
+
+            #[tokio::test]
+            async fn settle_many_records_each() {
+                super::settle_many_records_each($backend).await;
             }
 
             #[tokio::test]

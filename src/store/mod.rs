@@ -130,6 +130,15 @@ pub trait Store: Send + Sync {
     /// Records the outcome of a delivery round of `delivery`.
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<(), StoreError>;
 
+    /// Records several outcomes, each atomically, and returns one result per item, in order.
+    /// Backends override it to write them together.
+    async fn settle_many(&self, items: Vec<(Delivery, Settlement)>) -> Vec<Result<(), StoreError>> {
+        let settles = items
+            .iter()
+            .map(|(delivery, settlement)| self.settle(delivery, settlement.clone()));
+        futures::future::join_all(settles).await
+    }
+
     /// Makes up to `max` retries that still owe `sink` due at `due`, whether they were due
     /// before or after it, taking the earliest due first, and returns their handles. They all
     /// get the same due time, so claims hand them out in the order they arrived. The worker calls it when a

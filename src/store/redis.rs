@@ -521,6 +521,55 @@ impl RedisStore {
             .collect())
     }
 
+    /// Adds the commands that record `settlement` of `delivery` to `pipe`.
+    fn add_settlement(
+        &self,
+        pipe: &mut redis::Pipeline,
+        delivery: &Delivery,
+        settlement: &Settlement,
+    ) {
+        let event = &delivery.event;
+        for dead in &settlement.dead {
+            pipe.cmd("XADD")
+                .arg(&self.keys.dlq)
+                .arg("*")
+                .arg("id")
+                .arg(&event.id)
+                .arg("source")
+                .arg(&event.source)
+                .arg("type")
+                .arg(&event.event_type)
+                .arg("received_at")
+                .arg(event.received_at_ms)
+                .arg("payload")
+                .arg(event.payload.as_ref())
+                .arg("sink")
+                .arg(&dead.sink)
+                .arg("error")
+                .arg(&dead.error)
+                .arg("attempt")
+                .arg(delivery.attempt + 1)
+                .ignore();
+        }
+
+        match &settlement.retry {
+            Some(retry) => {
+                let state = format!("{}|{}", retry.attempt, retry.sinks.join(","));
+                pipe.hset(&self.keys.state, &delivery.handle, state)
+                    .ignore();
+                pipe.zadd(&self.keys.retry, &delivery.handle, unix_millis(retry.due))
+                    .ignore();
+            }
+            None => {
+                pipe.xack(&self.keys.inbox, GROUP, &[&delivery.handle])
+                    .ignore();
+                pipe.xdel(&self.keys.inbox, &[&delivery.handle]).ignore();
+                pipe.hdel(&self.keys.state, &delivery.handle).ignore();
+                pipe.zrem(&self.keys.retry, &delivery.handle).ignore();
+            }
+        }
+    }
+
     /// Takes due retries, then idle entries of dead consumers, then new entries.
     async fn claim_once(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
         self.ensure_group().await?;
@@ -601,50 +650,29 @@ impl Store for RedisStore {
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-
-        let event = &delivery.event;
-        for dead in &settlement.dead {
-            pipe.cmd("XADD")
-                .arg(&self.keys.dlq)
-                .arg("*")
-                .arg("id")
-                .arg(&event.id)
-                .arg("source")
-                .arg(&event.source)
-                .arg("type")
-                .arg(&event.event_type)
-                .arg("received_at")
-                .arg(event.received_at_ms)
-                .arg("payload")
-                .arg(event.payload.as_ref())
-                .arg("sink")
-                .arg(&dead.sink)
-                .arg("error")
-                .arg(&dead.error)
-                .arg("attempt")
-                .arg(delivery.attempt + 1)
-                .ignore();
-        }
-
-        match &settlement.retry {
-            Some(retry) => {
-                let state = format!("{}|{}", retry.attempt, retry.sinks.join(","));
-                pipe.hset(&self.keys.state, &delivery.handle, state)
-                    .ignore();
-                pipe.zadd(&self.keys.retry, &delivery.handle, unix_millis(retry.due))
-                    .ignore();
-            }
-            None => {
-                pipe.xack(&self.keys.inbox, GROUP, &[&delivery.handle])
-                    .ignore();
-                pipe.xdel(&self.keys.inbox, &[&delivery.handle]).ignore();
-                pipe.hdel(&self.keys.state, &delivery.handle).ignore();
-                pipe.zrem(&self.keys.retry, &delivery.handle).ignore();
-            }
-        }
-
+        self.add_settlement(&mut pipe, delivery, &settlement);
         let mut conn = self.worker_conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    /// Writes every settlement in one transaction, so one round trip records them all.
+    async fn settle_many(&self, items: Vec<(Delivery, Settlement)>) -> Vec<Result<(), StoreError>> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (delivery, settlement) in &items {
+            self.add_settlement(&mut pipe, delivery, settlement);
+        }
+        let mut conn = self.worker_conn.clone();
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => items.iter().map(|_| Ok(())).collect(),
+            Err(error) => {
+                let message = error.to_string();
+                items
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(message.clone())))
+                    .collect()
+            }
+        }
     }
 
     async fn bring_forward(

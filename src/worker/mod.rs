@@ -18,7 +18,7 @@ use crate::config::WorkerConfig;
 use crate::event::loggable;
 use crate::ops::metrics::{DELIVERIES, END_TO_END_SECONDS, SINK_PAUSED, UNROUTED};
 use crate::sink::{Sink, SinkError};
-use crate::store::{DeadLetter, Delivery, Retry, Settlement, Store};
+use crate::store::{DeadLetter, Delivery, Retry, Settlement, Store, StoreError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::Rng;
@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -35,6 +35,36 @@ const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
 /// At most this many distinct unrouted (source, type) pairs are remembered for logging.
 const UNROUTED_LOG_LIMIT: usize = 1024;
+
+/// Most settlements written to the store in one batch.
+const SETTLE_BATCH: usize = 256;
+
+/// A settlement to write, and where to report how it went.
+type SettleRequest = (
+    Delivery,
+    Settlement,
+    oneshot::Sender<Result<(), StoreError>>,
+);
+type SettleSender = mpsc::UnboundedSender<SettleRequest>;
+
+/// Writes settlements as they come, each batch of those waiting in one store call, so that a
+/// busy worker records many outcomes per round trip.
+async fn settle_in_batches(
+    store: Arc<dyn Store>,
+    mut requests: mpsc::UnboundedReceiver<SettleRequest>,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while requests.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let (items, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|(delivery, settlement, reply)| ((delivery, settlement), reply))
+            .unzip();
+        let results = store.settle_many(items).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
 
 /// Counts of what the worker did since it started.
 #[derive(Debug, Default)]
@@ -65,7 +95,7 @@ struct SinkSlot {
     breaker: Breaker,
 }
 
-/// What became of one delivery to one sink.
+/// The outcome of one delivery to one sink.
 enum Outcome {
     Delivered,
     Failed(SinkError),
@@ -153,6 +183,9 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         self.running.store(true, Ordering::Release);
         self.release_held_at_start().await;
+        let (settle_sender, settle_requests) = mpsc::unbounded_channel();
+        let settler = tokio::spawn(settle_in_batches(self.store.clone(), settle_requests));
+        let settles = &settle_sender;
         let mut in_flight = FuturesUnordered::new();
         let mut store_failures = 0u32;
         while !shutdown.is_cancelled() {
@@ -181,7 +214,7 @@ impl Worker {
                     if !batch.is_empty() {
                         tracing::debug!(entries = batch.len(), "claimed");
                     }
-                    in_flight.extend(batch.into_iter().map(|d| self.process(d)));
+                    in_flight.extend(batch.into_iter().map(|d| self.process(d, settles)));
                 }
                 Err(error) => {
                     store_failures = store_failures.saturating_add(1);
@@ -200,22 +233,28 @@ impl Worker {
             }
         }
         while in_flight.next().await.is_some() {}
+        drop(in_flight);
+        // Every delivery waited for its settlement, so the settler has nothing left to do.
+        drop(settle_sender);
+        let _ = settler.await;
         self.running.store(false, Ordering::Release);
         tracing::info!("worker stopped");
     }
 
     /// Makes one delivery round of one entry and settles it.
-    async fn process(&self, delivery: Delivery) {
+    async fn process(&self, delivery: Delivery, settles: &SettleSender) {
         let span = tracing::info_span!(
             "deliver",
             source = %delivery.event.source,
             event_id = %loggable(&delivery.event.id),
             attempt = delivery.attempt + 1,
         );
-        self.process_in_span(delivery).instrument(span).await;
+        self.process_in_span(delivery, settles)
+            .instrument(span)
+            .await;
     }
 
-    async fn process_in_span(&self, delivery: Delivery) {
+    async fn process_in_span(&self, delivery: Delivery, settles: &SettleSender) {
         let event = &delivery.event;
         let sinks = match &delivery.pending_sinks {
             Some(sinks) => sinks.clone(),
@@ -235,15 +274,21 @@ impl Worker {
         .await;
 
         let settlement = self.settlement(&delivery, outcomes);
-        if let Err(error) = self.store.settle(&delivery, settlement).await {
+        let (reply, settled) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the worker's settlement task stopped".into());
+        let result = match settles.send((delivery, settlement, reply)) {
+            Ok(()) => settled.await.unwrap_or_else(|_| Err(stopped())),
+            Err(_) => Err(stopped()),
+        };
+        if let Err(error) = result {
             // The entry stays pending; it is reclaimed after the visibility timeout and the
             // sinks that already have it skip it by event id.
             tracing::error!(%error, "cannot record delivery outcome");
         }
     }
 
-    /// Events held while a sink was paused, by a process that has since stopped, would wait
-    /// for their hold to run out; a new process tries them at once.
+    /// Makes the events held by an earlier process due now. Without this they would wait for
+    /// their hold to run out.
     async fn release_held_at_start(&self) {
         for name in self.sinks.keys() {
             match self
@@ -255,7 +300,7 @@ impl Worker {
                     tracing::info!(sink = %name, events = moved.len(), "retrying held events now");
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(sink = %name, %error, "cannot release held events"),
+                Err(error) => tracing::warn!(sink = %name, %error, "failed to release held events"),
             }
         }
     }
@@ -271,7 +316,7 @@ impl Worker {
             // When nothing is held yet, a retry already due, or the next event held, serves
             // as the probe later.
             if let Err(error) = self.store.bring_forward(name, 1, SystemTime::now()).await {
-                tracing::warn!(sink = %name, %error, "cannot pick an event to probe with");
+                tracing::warn!(sink = %name, %error, "failed to pick an event to probe with");
             }
         }
     }
@@ -321,7 +366,7 @@ impl Worker {
                 self.after_transition(name, slot.breaker.succeeded()).await;
                 Outcome::Delivered
             }
-            // The sink answered, so it is up, even though it refused this event.
+            // The sink responded, so it is up, even though it rejected this event.
             Err(error) if !error.retryable => {
                 self.after_transition(name, slot.breaker.succeeded()).await;
                 Outcome::Failed(error)
@@ -329,8 +374,8 @@ impl Worker {
             Err(error) => {
                 let transition = slot.breaker.failed(probe, &delivery.handle, Instant::now());
                 self.after_transition(name, transition).await;
-                // A failed probe tells about the sink, not the event: the event stays held
-                // and probes again next time, and uses up none of its attempts.
+                // A failed probe shows the sink is still down and says nothing about the event,
+                // so the event stays held, probes again next time and uses none of its attempts.
                 match (transition, slot.breaker.paused_generation()) {
                     (Transition::StillDown { pause }, Some(generation)) if probe => {
                         tracing::warn!(sink = name, %error, "probe failed; the sink stays paused");
@@ -396,7 +441,7 @@ impl Worker {
                     }
                     // The held events come back when their hold runs out.
                     Err(error) => {
-                        tracing::warn!(sink = name, %error, "sink is back, but its held events cannot be released yet")
+                        tracing::warn!(sink = name, %error, "sink is back, but releasing its held events failed; they return when their hold ends")
                     }
                 }
             }
