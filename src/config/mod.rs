@@ -252,8 +252,8 @@ pub struct SourceConfig {
     /// Accepted media types, such as `application/json`; `type/*` and `*/*` match more.
     /// Parameters such as `charset` are ignored. The scheme's default if unset.
     pub content_types: Option<Vec<String>>,
-    /// Accepted `Content-Encoding` values. The body is verified and stored as received, never
-    /// decoded.
+    /// Accepted `Content-Encoding` values, from `identity`, `gzip`, `x-gzip` and `deflate`. A
+    /// compressed body is decoded, then verified and stored.
     #[serde(default = "defaults::content_encodings")]
     pub content_encodings: Vec<String>,
     /// Client address ranges allowed to post, as CIDR ranges or single addresses; any
@@ -638,6 +638,16 @@ fn validate_scheme_settings(source: &SourceConfig) -> Result<(), ConfigError> {
     if source.content_encodings.is_empty() {
         return invalid("content_encodings must list at least one encoding".into());
     }
+    if let Some(coding) = source
+        .content_encodings
+        .iter()
+        .find(|coding| !crate::receive::is_supported_encoding(coding))
+    {
+        return invalid(format!(
+            "content_encodings: {coding:?} is not supported; use any of {}",
+            crate::receive::SUPPORTED_ENCODINGS.join(", ")
+        ));
+    }
     if source.content_types.as_ref().is_some_and(Vec::is_empty) {
         return invalid("content_types must list at least one media type".into());
     }
@@ -1005,6 +1015,19 @@ mod tests {
         assert_eq!(ranges[0].to_string(), "15.204.75.108/32");
         assert_eq!(ranges[1].to_string(), "10.0.0.0/8");
         assert_eq!(ranges[2].to_string(), "2001:db8::/32");
+    }
+
+    #[test]
+    fn unsupported_encoding_is_rejected() {
+        let base = "scheme = \"makini\"\nsecrets = [\"env:X\"]\n";
+        let config = with_source(&format!(
+            "{base}content_encodings = [\"identity\", \"GZIP\"]"
+        ));
+        assert!(config.is_ok(), "{config:?}");
+        let err =
+            with_source(&format!("{base}content_encodings = [\"gzip\", \"br\"]")).unwrap_err();
+        assert!(err.contains("\"br\" is not supported"), "{err}");
+        assert!(err.contains("identity, gzip, x-gzip, deflate"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum ReceiveError {
     TooLarge { limit: usize },
     #[error("cannot read request body: {0}")]
     BodyRead(String),
+    /// The body is not valid data in its declared `Content-Encoding`.
+    #[error("cannot decode {coding} request body: {detail}")]
+    BodyDecode { coding: String, detail: String },
     /// The client did not send the whole body within the body timeout.
     #[error("request body not received within {0}")]
     BodyTimeout(String),
@@ -43,7 +46,7 @@ impl ReceiveError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyRead(_) | Self::BodyDecode { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Verify(VerifyError::Malformed { .. }) => StatusCode::BAD_REQUEST,
@@ -62,6 +65,9 @@ impl ReceiveError {
             Self::UnsupportedMediaType(message) => message.clone(),
             Self::TooLarge { limit } => format!("body exceeds the limit of {limit} bytes"),
             Self::BodyRead(_) => "the request body could not be read".into(),
+            Self::BodyDecode { coding, .. } => {
+                format!("the request body is not valid {coding} data")
+            }
             Self::BodyTimeout(limit) => format!("the request body was not received within {limit}"),
             Self::MethodNotAllowed => "only POST is accepted here".into(),
             Self::Verify(error @ VerifyError::Malformed { .. }) => error.to_string(),

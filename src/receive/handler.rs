@@ -1,6 +1,6 @@
 //! The request handler of `POST /webhooks/{source}`.
 
-use super::{ReceiveError, ReceiveState, SourceRuntime, identify};
+use super::{ReceiveError, ReceiveState, SourceRuntime, decode, identify};
 use crate::event::{Event, loggable, unix_millis};
 use crate::ops::metrics::{ACK_SECONDS, DUPLICATES, REQUESTS, VERIFY_FAILURES};
 use crate::store::AcceptOutcome;
@@ -60,6 +60,12 @@ async fn receive_event(
         tracing::info!(source = %source.name, %error, "rejected delivery");
     })?;
     let body = read_body(body, headers, source.body_limit, state.body_timeout).await?;
+    // Providers sign the body before they compress it, so the signature is checked over the
+    // decoded bytes, and those are stored.
+    // NOTE: decoding runs on the async worker thread, bounded by `body_limit` bytes of output.
+    let body = decode::decode_body(body, headers, source.body_limit).inspect_err(|error| {
+        tracing::info!(source = %source.name, %error, "rejected delivery");
+    })?;
 
     let received_at = SystemTime::now();
     let signed = SignedRequest {

@@ -1,11 +1,13 @@
 //! The HTTP side: `POST /webhooks/{source}` reads the body, verifies the signature, derives the
 //! event id and stores the event before it responds.
 
+mod decode;
 mod error;
 mod extract;
 mod handler;
 pub mod policy;
 
+pub use decode::{SUPPORTED_ENCODINGS, is_supported as is_supported_encoding};
 pub use error::ReceiveError;
 pub use extract::{Identity, identify};
 

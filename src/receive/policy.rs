@@ -2,6 +2,7 @@
 //! content types and encodings the source accepts.
 
 use super::ReceiveError;
+use super::decode::canonical_coding;
 use axum::http::{HeaderMap, header};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -106,9 +107,10 @@ pub fn check_content(
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let text = value.to_str().unwrap_or("(not ASCII)");
         for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            let canonical = canonical_coding(coding);
             if !accepted_encodings
                 .iter()
-                .any(|a| a.eq_ignore_ascii_case(coding))
+                .any(|accepted| canonical_coding(accepted) == canonical)
             {
                 return Err(ReceiveError::UnsupportedMediaType(format!(
                     "content encoding {coding:?} is not accepted; expected one of: {}",
@@ -205,6 +207,22 @@ mod tests {
             matches!(result, Err(ReceiveError::UnsupportedMediaType(_))),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn x_gzip_is_gzip() {
+        let types = ["application/json".to_owned()];
+        let x_gzip = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "X-Gzip"),
+        ]);
+        assert!(check_content(&types, &["gzip".into()], &x_gzip).is_ok());
+        let gzip = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
+        assert!(check_content(&types, &["x-gzip".into()], &gzip).is_ok());
+        assert!(check_content(&types, &["deflate".into()], &gzip).is_err());
     }
 
     #[test]
