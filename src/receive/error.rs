@@ -87,6 +87,11 @@ impl IntoResponse for ReceiveError {
         };
         let body = Json(json!({ "status": label, "error": self.client_message() }));
         let mut response = (status, body).into_response();
+        if let Self::MethodNotAllowed = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if let Self::Unavailable {
             retry_after_secs, ..
         } = self
