@@ -160,6 +160,13 @@ mod tests {
             ("not gzip", b"plain text".to_vec(), "gzip"),
             ("not zlib", b"plain text".to_vec(), "deflate"),
             ("truncated", gzip(b"0123456789")[..12].to_vec(), "gzip"),
+            ("empty gzip", Vec::new(), "gzip"),
+            ("empty deflate", Vec::new(), "deflate"),
+            (
+                "gzip with trailing bytes",
+                [gzip(b"{}"), b"junk".to_vec()].concat(),
+                "gzip",
+            ),
         ];
         for (case, data, coding) in cases {
             let result = decode_body(data.into(), &encoded(&[coding]), 100);
