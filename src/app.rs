@@ -131,6 +131,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         store: store.clone(),
         ack_timeout: config.ack_timeout,
         body_timeout: config.body_timeout,
+        body_memory: receive::BodyMemory::new(config.max_body_memory),
         retry_after_secs: config.retry_after_secs,
         trusted_proxies: config.trusted_proxies.clone(),
     });

@@ -270,6 +270,54 @@ async fn chunked_oversize_not_read_to_end() {
     service.stop().await;
 }
 
+#[tokio::test]
+async fn body_memory_budget_gets_503() {
+    let secret = secret_file(SECRET);
+    let mut spec = ServiceSpec::new("bodymemory", &secret);
+    spec.top = "max_body_memory = 100000".into();
+    spec.source = "body_limit = 100000".into();
+    spec.standard_source = "body_limit = 100000".into();
+    let service = TestService::start(spec).await;
+
+    // One client holds 89,999 bytes of a 90,000-byte body in the service's memory.
+    let mut holder = TcpStream::connect(service.running.addr).await.unwrap();
+    let head = "POST /webhooks/makini HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+                x-webhook-signature: 00\r\ncontent-length: 90000\r\n\r\n";
+    holder.write_all(head.as_bytes()).await.unwrap();
+    holder.write_all(&[b' '; 89_999]).await.unwrap();
+
+    // A second body of 20,000 bytes does not fit beside it. Until the service has read the
+    // first body it may still be accepted, so it is sent again until the budget is full.
+    let padding = "p".repeat(20_000);
+    let body = format!(r#"{{"id":"memory-second","event":"a","padding":"{padding}"}}"#);
+    let deadline = Instant::now() + RAW_WAIT;
+    let response = loop {
+        let response = service.post_signed(body.as_bytes()).await;
+        if response.status().as_u16() != 200 || Instant::now() >= deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let retry_after = response.headers().get("retry-after").cloned();
+    let (status, json) = status_and_json(response).await;
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(json["status"], "unavailable");
+    assert_eq!(retry_after.unwrap(), "5");
+
+    // Once the first body is complete and answered, its bytes return to the budget.
+    holder.write_all(b" ").await.unwrap();
+    let mut buffer = Vec::new();
+    let first = read_response(&mut holder, &mut buffer, RAW_WAIT)
+        .await
+        .expect("a response to the completed body");
+    assert_eq!(first.status, 401, "{}", first.head);
+    let (status, json) = status_and_json(service.post_signed(body.as_bytes()).await).await;
+    assert_eq!(status, 200, "{json}");
+    assert_forwarded(&service.spec.stream, "memory-second").await;
+    assert_healthy(&service).await;
+    service.stop().await;
+}
+
 // ---- Slow clients --------------------------------------------------------------------
 
 #[tokio::test]

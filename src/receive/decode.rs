@@ -26,11 +26,14 @@ pub fn canonical_coding(coding: &str) -> String {
     }
 }
 
-/// Decodes every coding of the `Content-Encoding` headers, last applied first, and returns the
-/// body the sender compressed. Each decoded stage stops at `limit + 1` bytes, so a
-/// decompression bomb is rejected with 413 after at most that much output. Corrupt data is a
-/// 400.
-pub fn decode_body(body: Bytes, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReceiveError> {
+/// Returns whether the `Content-Encoding` headers name any coding besides `identity`.
+pub fn is_encoded(headers: &HeaderMap) -> bool {
+    !codings(headers).is_empty()
+}
+
+/// Returns the codings of the `Content-Encoding` headers other than `identity`, in the order
+/// they were applied.
+fn codings(headers: &HeaderMap) -> Vec<String> {
     let mut codings = Vec::new();
     for value in headers.get_all(header::CONTENT_ENCODING) {
         // The policy check has already rejected values that are not visible ASCII.
@@ -41,9 +44,16 @@ pub fn decode_body(body: Bytes, headers: &HeaderMap, limit: usize) -> Result<Byt
                 .filter(|coding| !coding.is_empty() && coding != "identity"),
         );
     }
+    codings
+}
 
+/// Decodes every coding of the `Content-Encoding` headers, last applied first, and returns the
+/// body the sender compressed. Each decoded stage stops at `limit + 1` bytes, so a
+/// decompression bomb is rejected with 413 after at most that much output. Corrupt data is a
+/// 400.
+pub fn decode_body(body: Bytes, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReceiveError> {
     let mut body = body;
-    for coding in codings.iter().rev() {
+    for coding in codings(headers).iter().rev() {
         body = decode_one(coding, &body, limit)?;
     }
     Ok(body)

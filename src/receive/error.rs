@@ -27,6 +27,9 @@ pub enum ReceiveError {
     /// The client did not send the whole body within the body timeout.
     #[error("request body not received within {0}")]
     BodyTimeout(String),
+    /// Request bodies in memory reached `max_body_memory`, so this one is not read further.
+    #[error("request bodies in memory reached max_body_memory ({limit} bytes)")]
+    Overloaded { limit: usize, retry_after_secs: u32 },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("signature verification failed: {0}")]
@@ -51,7 +54,7 @@ impl ReceiveError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Verify(VerifyError::Malformed { .. }) => StatusCode::BAD_REQUEST,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -73,6 +76,9 @@ impl ReceiveError {
             Self::Verify(error @ VerifyError::Malformed { .. }) => error.to_string(),
             Self::Verify(_) => "signature verification failed".into(),
             Self::Unavailable { .. } => "temporarily unable to store the event; retry later".into(),
+            Self::Overloaded { .. } => {
+                "too many request bodies are being received at once; retry later".into()
+            }
         }
     }
 }
@@ -93,6 +99,9 @@ impl IntoResponse for ReceiveError {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
         if let Self::Unavailable {
+            retry_after_secs, ..
+        }
+        | Self::Overloaded {
             retry_after_secs, ..
         } = self
         {
