@@ -96,7 +96,7 @@ struct RawResponse {
 }
 
 /// Reads one response: the head, then `content-length` bytes of body, or everything until
-/// the connection closes when no length is given. `None` when the connection closes or
+/// the connection closes when a response that may have a body gives no length. `None` when the connection closes or
 /// `limit` passes before a whole head arrives.
 async fn read_response(
     stream: &mut (impl AsyncReadExt + Unpin),
@@ -120,11 +120,14 @@ async fn read_response(
         .get(9..12)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {head:?}"));
+    // Interim (1xx), 204 and 304 responses have no body.
+    let bodyless = status < 200 || status == 204 || status == 304;
     let length = head.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
         name.eq_ignore_ascii_case("content-length")
             .then(|| value.trim().parse::<usize>().ok())?
     });
+    let length = if bodyless { Some(0) } else { length };
     buffer.drain(..head_end);
 
     loop {
@@ -225,6 +228,42 @@ async fn declared_oversize_answered_before_body() {
 }
 
 #[tokio::test]
+async fn expect_continue_answered_by_limit() {
+    let (service, _secret) = service_with("expect", "", "body_limit = 1024").await;
+    let head = |length: usize| {
+        format!(
+            "POST /webhooks/makini HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+             x-webhook-signature: 00\r\nexpect: 100-continue\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+
+    // Over the limit the client gets 413 instead of an invitation to send the body.
+    let mut stream = TcpStream::connect(service.running.addr).await.unwrap();
+    stream.write_all(head(10_000_000).as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    let response = read_response(&mut stream, &mut buffer, RAW_WAIT)
+        .await
+        .expect("a response to the head");
+    assert_eq!(response.status, 413, "{}", response.head);
+
+    // Within the limit the client gets 100 Continue, then the response to its body.
+    let mut stream = TcpStream::connect(service.running.addr).await.unwrap();
+    stream.write_all(head(2).as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    let interim = read_response(&mut stream, &mut buffer, RAW_WAIT)
+        .await
+        .expect("100 Continue");
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    stream.write_all(b"{}").await.unwrap();
+    let response = read_response(&mut stream, &mut buffer, RAW_WAIT)
+        .await
+        .expect("a response to the body");
+    assert_eq!(response.status, 401, "{}", response.head);
+    assert_healthy(&service).await;
+    service.stop().await;
+}
+
+#[tokio::test]
 async fn chunked_oversize_not_read_to_end() {
     const CHUNK: usize = 16 * 1024;
     const TOTAL: usize = 64 * 1024 * 1024;
@@ -279,7 +318,7 @@ async fn body_memory_budget_gets_503() {
     spec.standard_source = "body_limit = 100000".into();
     let service = TestService::start(spec).await;
 
-    // One client holds 89,999 bytes of a 90,000-byte body in the service's memory.
+    // One client keeps 89,999 bytes of a 90,000-byte body in the service's memory.
     let mut holder = TcpStream::connect(service.running.addr).await.unwrap();
     let head = "POST /webhooks/makini HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
                 x-webhook-signature: 00\r\ncontent-length: 90000\r\n\r\n";
@@ -304,7 +343,7 @@ async fn body_memory_budget_gets_503() {
     assert_eq!(json["status"], "unavailable");
     assert_eq!(retry_after.unwrap(), "5");
 
-    // Once the first body is complete and answered, its bytes return to the budget.
+    // Once the first body is complete and has its response, its bytes return to the budget.
     holder.write_all(b" ").await.unwrap();
     let mut buffer = Vec::new();
     let first = read_response(&mut holder, &mut buffer, RAW_WAIT)
@@ -1130,7 +1169,7 @@ async fn length_and_chunked_together() {
     // whole chunked event.
     assert_eq!(first.status, 200, "both framings: {}", first.head);
     assert_eq!(json_of(&first, "both framings")["id"], "smuggle-outer");
-    // The connection is closed after the answer, so the bytes after the body are never read
+    // The connection is closed after the response, so the bytes after the body are never read
     // as a request.
     let closed = tokio::time::timeout(RAW_WAIT, stream.read_to_end(&mut buffer)).await;
     assert!(closed.is_ok(), "connection kept after ambiguous framing");
