@@ -1326,6 +1326,7 @@ impl Binary {
         std::fs::read_to_string(&self.log_path).unwrap()
     }
 
+    /// Kills the process, then deletes the keys it wrote to the shared Redis.
     async fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1338,6 +1339,14 @@ impl Binary {
         let keys = ["inbox", "retry", "state", "dlq"].map(|name| format!("{tagged}:{name}"));
         let _: redis::RedisResult<()> = conn.del(&keys).await;
         let _: redis::RedisResult<()> = conn.del(&self.spec.stream).await;
+    }
+}
+
+/// Kills the process, also when a failed assertion unwinds the test.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
