@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -130,6 +131,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         store: store.clone(),
         ack_timeout: config.ack_timeout,
         body_timeout: config.body_timeout,
+        body_memory: receive::BodyMemory::new(config.max_body_memory),
         retry_after_secs: config.retry_after_secs,
         trusted_proxies: config.trusted_proxies.clone(),
     });
@@ -145,8 +147,11 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     })
 }
 
+/// Maximum length in bytes of a client's `X-Request-Id` that is kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
 /// Adds request ids and one span per request. The id comes from `X-Request-Id` when the
-/// client sends one, else a new UUID, and is returned in the response.
+/// client sends a usable one, else a new UUID, and is returned in the response.
 fn with_request_layers(router: axum::Router) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
@@ -164,10 +169,27 @@ fn with_request_layers(router: axum::Router) -> axum::Router {
     });
     router.layer(
         ServiceBuilder::new()
+            .layer(MapRequestLayer::new(drop_unusable_request_id))
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(trace)
             .layer(PropagateRequestIdLayer::new(request_id)),
     )
+}
+
+/// Removes a client's `X-Request-Id` that is empty, longer than [`MAX_REQUEST_ID_LEN`] or
+/// not visible ASCII, so that the id logged with every line and echoed in the response is
+/// short and printable. A new UUID takes its place.
+fn drop_unusable_request_id(mut request: Request<Body>) -> Request<Body> {
+    let usable = request.headers().get("x-request-id").is_none_or(|value| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(u8::is_ascii_graphic)
+    });
+    if !usable {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// Opens the store the config names: Redis when `store.redis_url` is set, else the embedded

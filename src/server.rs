@@ -47,7 +47,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // HTTP/1.1 only: detecting HTTP/2 first reads the connection's opening bytes with no
-    // time limit, which would let a silent client hold its connection forever.
+    // time limit, which would let a silent client hold its connection forever. Only
+    // `serve_connection` honours `http1_only`; hyper-util 0.1's
+    // `serve_connection_with_upgrades` always detects the version and serves HTTP/2.
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -93,7 +95,7 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let connection = builder
-            .serve_connection_with_upgrades(
+            .serve_connection(
                 TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout)),
                 service,
             )

@@ -39,6 +39,10 @@ pub struct Config {
     /// Time open connections get to finish their requests after a shutdown signal.
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Bytes of request bodies held in memory at once, over every connection. A request whose
+    /// body would go past it gets a 503 with `Retry-After`.
+    #[serde(default = "defaults::max_body_memory")]
+    pub max_body_memory: usize,
     /// Seconds sent in `Retry-After` with a 503.
     #[serde(default = "defaults::retry_after_secs")]
     pub retry_after_secs: u32,
@@ -255,8 +259,8 @@ pub struct SourceConfig {
     /// Accepted media types, such as `application/json`; `type/*` and `*/*` match more.
     /// Parameters such as `charset` are ignored. The scheme's default if unset.
     pub content_types: Option<Vec<String>>,
-    /// Accepted `Content-Encoding` values. The body is verified and stored as received, never
-    /// decoded.
+    /// Accepted `Content-Encoding` values, from `identity`, `gzip`, `x-gzip` and `deflate`. A
+    /// compressed body is decoded, then verified and stored.
     #[serde(default = "defaults::content_encodings")]
     pub content_encodings: Vec<String>,
     /// Client address ranges allowed to post, as CIDR ranges or single addresses; any
@@ -497,6 +501,13 @@ impl Config {
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1".into());
         }
+        if self.max_body_memory == 0 || self.max_body_memory > tokio::sync::Semaphore::MAX_PERMITS {
+            return invalid(format!(
+                "max_body_memory must be between 1 and {} bytes, got {}",
+                tokio::sync::Semaphore::MAX_PERMITS,
+                self.max_body_memory
+            ));
+        }
         if self.worker.backoff_initial.is_zero()
             || self.worker.backoff_initial > self.worker.backoff_max
         {
@@ -526,6 +537,26 @@ impl Config {
                 return invalid(format!(
                     "source {:?}: body_limit must be above 0",
                     source.name
+                ));
+            }
+            // A compressed body keeps its compressed and its decoded bytes in memory at once.
+            let compressed = source
+                .content_encodings
+                .iter()
+                .any(|coding| !coding.eq_ignore_ascii_case("identity"));
+            let needed = match compressed {
+                true => source.body_limit.saturating_mul(2),
+                false => source.body_limit,
+            };
+            if needed > self.max_body_memory {
+                let reason = match compressed {
+                    true => ", twice body_limit because the source accepts compressed bodies",
+                    false => "",
+                };
+                return invalid(format!(
+                    "source {:?}: body_limit of {} bytes needs max_body_memory of at least \
+                     {needed} bytes{reason}, got {}; raise max_body_memory or lower body_limit",
+                    source.name, source.body_limit, self.max_body_memory
                 ));
             }
             if source.dedupe_window.is_zero() || source.body_hash_window.is_zero() {
@@ -641,6 +672,16 @@ fn validate_scheme_settings(source: &SourceConfig) -> Result<(), ConfigError> {
     if source.content_encodings.is_empty() {
         return invalid("content_encodings must list at least one encoding".into());
     }
+    if let Some(coding) = source
+        .content_encodings
+        .iter()
+        .find(|coding| !crate::receive::is_supported_encoding(coding))
+    {
+        return invalid(format!(
+            "content_encodings: {coding:?} is not supported; use any of {}",
+            crate::receive::SUPPORTED_ENCODINGS.join(", ")
+        ));
+    }
     if source.content_types.as_ref().is_some_and(Vec::is_empty) {
         return invalid("content_types must list at least one media type".into());
     }
@@ -747,6 +788,10 @@ mod defaults {
     /// connections.
     pub fn max_connections() -> usize {
         768
+    }
+    /// Sixteen bodies at the default `body_limit` of 32 MiB.
+    pub fn max_body_memory() -> usize {
+        512 * 1024 * 1024
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
@@ -1011,6 +1056,39 @@ mod tests {
         assert_eq!(ranges[0].to_string(), "15.204.75.108/32");
         assert_eq!(ranges[1].to_string(), "10.0.0.0/8");
         assert_eq!(ranges[2].to_string(), "2001:db8::/32");
+    }
+
+    #[test]
+    fn body_limit_must_fit_body_memory() {
+        let base = "scheme = \"makini\"\nsecrets = [\"env:X\"]\nbody_limit = 1000\n";
+        let fits = |memory: usize, extra: &str| {
+            let text =
+                format!("max_body_memory = {memory}\n[[sources]]\nname = \"src\"\n{base}{extra}");
+            let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+            config.validate().map_err(|e| e.to_string())
+        };
+        assert!(fits(1000, "").is_ok());
+        let err = fits(999, "").unwrap_err();
+        assert!(err.contains("at least 1000 bytes"), "{err}");
+        let gzip = "content_encodings = [\"identity\", \"gzip\"]";
+        assert!(fits(2000, gzip).is_ok());
+        let err = fits(1999, gzip).unwrap_err();
+        assert!(err.contains("at least 2000 bytes"), "{err}");
+        let err = fits(0, "").unwrap_err();
+        assert!(err.contains("max_body_memory must be between 1"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_encoding_is_rejected() {
+        let base = "scheme = \"makini\"\nsecrets = [\"env:X\"]\n";
+        let config = with_source(&format!(
+            "{base}content_encodings = [\"identity\", \"GZIP\"]"
+        ));
+        assert!(config.is_ok(), "{config:?}");
+        let err =
+            with_source(&format!("{base}content_encodings = [\"gzip\", \"br\"]")).unwrap_err();
+        assert!(err.contains("\"br\" is not supported"), "{err}");
+        assert!(err.contains("identity, gzip, x-gzip, deflate"), "{err}");
     }
 
     #[test]

@@ -30,7 +30,19 @@ pub fn router(state: Arc<OpsState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Responds 405 to a method other than GET or HEAD, with the JSON error body of the webhook
+/// routes.
+async fn method_not_allowed() -> impl IntoResponse {
+    let body = json!({ "status": "rejected", "error": "only GET is accepted here" });
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET, HEAD")],
+        axum::Json(body),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

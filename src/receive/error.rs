@@ -21,9 +21,15 @@ pub enum ReceiveError {
     TooLarge { limit: usize },
     #[error("cannot read request body: {0}")]
     BodyRead(String),
+    /// The body is not valid data in its declared `Content-Encoding`.
+    #[error("cannot decode {coding} request body: {detail}")]
+    BodyDecode { coding: String, detail: String },
     /// The client did not send the whole body within the body timeout.
     #[error("request body not received within {0}")]
     BodyTimeout(String),
+    /// Request bodies in memory reached `max_body_memory`, so this one is not read further.
+    #[error("request bodies in memory reached max_body_memory ({limit} bytes)")]
+    Overloaded { limit: usize, retry_after_secs: u32 },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("signature verification failed: {0}")]
@@ -43,12 +49,12 @@ impl ReceiveError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyRead(_) | Self::BodyDecode { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Verify(VerifyError::Malformed { .. }) => StatusCode::BAD_REQUEST,
             Self::Verify(_) => StatusCode::UNAUTHORIZED,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -62,11 +68,17 @@ impl ReceiveError {
             Self::UnsupportedMediaType(message) => message.clone(),
             Self::TooLarge { limit } => format!("body exceeds the limit of {limit} bytes"),
             Self::BodyRead(_) => "the request body could not be read".into(),
+            Self::BodyDecode { coding, .. } => {
+                format!("the request body is not valid {coding} data")
+            }
             Self::BodyTimeout(limit) => format!("the request body was not received within {limit}"),
             Self::MethodNotAllowed => "only POST is accepted here".into(),
             Self::Verify(error @ VerifyError::Malformed { .. }) => error.to_string(),
             Self::Verify(_) => "signature verification failed".into(),
             Self::Unavailable { .. } => "temporarily unable to store the event; retry later".into(),
+            Self::Overloaded { .. } => {
+                "too many request bodies are being received at once; retry later".into()
+            }
         }
     }
 }
@@ -81,7 +93,15 @@ impl IntoResponse for ReceiveError {
         };
         let body = Json(json!({ "status": label, "error": self.client_message() }));
         let mut response = (status, body).into_response();
+        if let Self::MethodNotAllowed = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if let Self::Unavailable {
+            retry_after_secs, ..
+        }
+        | Self::Overloaded {
             retry_after_secs, ..
         } = self
         {

@@ -1,6 +1,7 @@
 //! The request handler of `POST /webhooks/{source}`.
 
-use super::{ReceiveError, ReceiveState, SourceRuntime, identify};
+use super::memory::Reservation;
+use super::{ReceiveError, ReceiveState, SourceRuntime, decode, identify};
 use crate::event::{Event, loggable, unix_millis};
 use crate::ops::metrics::{ACK_SECONDS, DUPLICATES, REQUESTS, VERIFY_FAILURES};
 use crate::store::AcceptOutcome;
@@ -11,7 +12,8 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,7 +61,27 @@ async fn receive_event(
     check_policy(state, source, &parts).inspect_err(|error| {
         tracing::info!(source = %source.name, %error, "rejected delivery");
     })?;
-    let body = read_body(body, headers, source.body_limit, state.body_timeout).await?;
+    // Held until the response is built, so the bytes count while the event is stored.
+    let mut reservation = state.body_memory.reservation();
+    let body = read_body(state, source, headers, body, &mut reservation)
+        .await
+        .inspect_err(|error| {
+            tracing::info!(source = %source.name, %error, "rejected delivery");
+        })?;
+    // Providers sign the body before they compress it, so the signature is checked over the
+    // decoded bytes, and those are stored.
+    // NOTE: decoding runs on the async worker thread, bounded by `body_limit` bytes of output.
+    let body = if decode::is_encoded(headers) {
+        let decoded = match reservation.grow(source.body_limit) {
+            true => decode::decode_body(body, headers, source.body_limit),
+            false => Err(overloaded(state)),
+        };
+        decoded.inspect_err(|error| {
+            tracing::info!(source = %source.name, %error, "rejected delivery");
+        })?
+    } else {
+        body
+    };
 
     let received_at = SystemTime::now();
     let signed = SignedRequest {
@@ -130,14 +152,17 @@ fn check_policy(
     )
 }
 
-/// Reads the whole body, stopping at `limit` bytes. A declared length above the limit is
-/// rejected before any byte is read.
+/// Reads the whole body, stopping at the source's `body_limit`, within the body timeout. A
+/// declared length above the limit is rejected before any byte is read. Each chunk is taken
+/// from the shared body memory budget as it arrives.
 async fn read_body(
-    body: Body,
+    state: &ReceiveState,
+    source: &SourceRuntime,
     headers: &HeaderMap,
-    limit: usize,
-    timeout: Duration,
+    body: Body,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, ReceiveError> {
+    let limit = source.body_limit;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -146,13 +171,43 @@ async fn read_body(
         return Err(ReceiveError::TooLarge { limit });
     }
 
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+    let timeout = state.body_timeout;
+    tokio::time::timeout(timeout, collect_body(state, source, body, reservation))
         .await
-        .map_err(|_| ReceiveError::BodyTimeout(humantime::format_duration(timeout).to_string()))?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ReceiveError::TooLarge { limit }),
-        Err(error) => Err(ReceiveError::BodyRead(error.to_string())),
+        .map_err(|_| ReceiveError::BodyTimeout(humantime::format_duration(timeout).to_string()))?
+}
+
+async fn collect_body(
+    state: &ReceiveState,
+    source: &SourceRuntime,
+    mut body: Body,
+    reservation: &mut Reservation,
+) -> Result<Bytes, ReceiveError> {
+    let limit = source.body_limit;
+    // NOTE: the budget counts body bytes; the buffer's capacity can be up to twice that while
+    // it grows.
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ReceiveError::BodyRead(error.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            // Trailers carry nothing the body needs.
+            continue;
+        };
+        if collected.len() + data.len() > limit {
+            return Err(ReceiveError::TooLarge { limit });
+        }
+        if !reservation.grow(data.len()) {
+            return Err(overloaded(state));
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
+}
+
+fn overloaded(state: &ReceiveState) -> ReceiveError {
+    ReceiveError::Overloaded {
+        limit: state.body_memory.capacity(),
+        retry_after_secs: state.retry_after_secs,
     }
 }
 

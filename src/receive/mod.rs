@@ -1,13 +1,17 @@
 //! The HTTP side: `POST /webhooks/{source}` reads the body, verifies the signature, derives the
 //! event id and stores the event before it responds.
 
+mod decode;
 mod error;
 mod extract;
 mod handler;
+mod memory;
 pub mod policy;
 
+pub use decode::{SUPPORTED_ENCODINGS, is_supported as is_supported_encoding};
 pub use error::ReceiveError;
 pub use extract::{Identity, identify};
+pub use memory::BodyMemory;
 
 use crate::config::{ConfigError, SourceConfig};
 use crate::store::Store;
@@ -110,6 +114,8 @@ pub struct ReceiveState {
     pub store: Arc<dyn Store>,
     /// Maximum wait for the whole request body. A client that stalls gets a 408.
     pub body_timeout: Duration,
+    /// Bytes of request bodies in memory at once, over every request.
+    pub body_memory: BodyMemory,
     /// Maximum wait for the store before responding 503.
     pub ack_timeout: Duration,
     pub retry_after_secs: u32,

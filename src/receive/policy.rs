@@ -2,6 +2,7 @@
 //! content types and encodings the source accepts.
 
 use super::ReceiveError;
+use super::decode::canonical_coding;
 use axum::http::{HeaderMap, header};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -103,19 +104,31 @@ pub fn check_content(
         )));
     }
 
+    // One coding at most besides identity: each stacked coding is another pass of up to
+    // `body_limit` bytes, so a long list would multiply the work of one request.
+    let mut compressions = 0;
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let text = value.to_str().unwrap_or("(not ASCII)");
         for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            let canonical = canonical_coding(coding);
             if !accepted_encodings
                 .iter()
-                .any(|a| a.eq_ignore_ascii_case(coding))
+                .any(|accepted| canonical_coding(accepted) == canonical)
             {
                 return Err(ReceiveError::UnsupportedMediaType(format!(
                     "content encoding {coding:?} is not accepted; expected one of: {}",
                     accepted_encodings.join(", ")
                 )));
             }
+            if canonical != "identity" {
+                compressions += 1;
+            }
         }
+    }
+    if compressions > 1 {
+        return Err(ReceiveError::UnsupportedMediaType(
+            "more than one content encoding is not accepted; compress the body once".into(),
+        ));
     }
     Ok(())
 }
@@ -205,6 +218,41 @@ mod tests {
             matches!(result, Err(ReceiveError::UnsupportedMediaType(_))),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn x_gzip_is_gzip() {
+        let types = ["application/json".to_owned()];
+        let x_gzip = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "X-Gzip"),
+        ]);
+        assert!(check_content(&types, &["gzip".into()], &x_gzip).is_ok());
+        let gzip = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
+        assert!(check_content(&types, &["x-gzip".into()], &gzip).is_ok());
+        assert!(check_content(&types, &["deflate".into()], &gzip).is_err());
+    }
+
+    #[test]
+    fn stacked_encodings_rejected() {
+        let types = ["application/json".to_owned()];
+        let accepted = ["identity".to_owned(), "gzip".into(), "deflate".into()];
+        let cases: [(&[&'static str], bool); 5] = [
+            (&["gzip"], true),
+            (&["identity, gzip, identity"], true),
+            (&["deflate, gzip"], false),
+            (&["gzip", "gzip"], false),
+            (&["gzip", "identity", "deflate"], false),
+        ];
+        for (values, accepted_ok) in cases {
+            let mut pairs = vec![("content-type", "application/json")];
+            pairs.extend(values.iter().map(|value| ("content-encoding", *value)));
+            let result = check_content(&types, &accepted, &headers(&pairs));
+            assert_eq!(result.is_ok(), accepted_ok, "{values:?}: {result:?}");
+        }
     }
 
     #[test]

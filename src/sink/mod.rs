@@ -125,27 +125,90 @@ pub(crate) fn header_text(value: &str) -> Cow<'_, str> {
     }
 }
 
-/// Builds the JSON envelope: the payload as JSON when it parses, else as base64 in
+/// The JSON envelope of an event, with its keys in alphabetical order.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    delivery_id: String,
+    event_type: &'a str,
+    id: &'a str,
+    /// The payload's own bytes, so that large numbers, duplicate keys and spacing survive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+    received_at: String,
+    source: &'a str,
+}
+
+/// Builds the JSON envelope: the payload as JSON when it is valid JSON, else as base64 in
 /// `payload_base64`.
 pub fn envelope(event: &Event) -> Vec<u8> {
     let received_at = UNIX_EPOCH + Duration::from_millis(event.received_at_ms);
-    let mut object = serde_json::json!({
-        "id": event.id,
-        "delivery_id": event.delivery_id(),
-        "source": event.source,
-        "event_type": event.event_type,
-        "received_at": humantime::format_rfc3339_millis(received_at).to_string(),
-    });
-    match serde_json::from_slice::<serde_json::Value>(&event.payload) {
-        Ok(payload) => object["payload"] = payload,
-        Err(_) => object["payload_base64"] = BASE64.encode(&event.payload).into(),
-    }
-    serde_json::to_vec(&object).expect("a JSON value serializes")
+    let payload = serde_json::from_slice::<&serde_json::value::RawValue>(&event.payload).ok();
+    let envelope = Envelope {
+        delivery_id: event.delivery_id(),
+        event_type: &event.event_type,
+        id: &event.id,
+        payload,
+        payload_base64: payload.is_none().then(|| BASE64.encode(&event.payload)),
+        received_at: humantime::format_rfc3339_millis(received_at).to_string(),
+        source: &event.source,
+    };
+    serde_json::to_vec(&envelope).expect("strings and raw JSON serialize")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::header_text;
+    use super::{envelope, header_text};
+    use crate::event::Event;
+
+    fn event(payload: &[u8]) -> Event {
+        Event {
+            id: "evt_1".into(),
+            source: "makini".into(),
+            event_type: "a".into(),
+            received_at_ms: 1_700_000_000_123,
+            payload: payload.to_vec().into(),
+        }
+    }
+
+    #[test]
+    fn envelope_keeps_payload_bytes() {
+        // Parsed into a serde_json::Value these would lose digits, a key or a trailing zero,
+        // or fall back to base64 for 1e400.
+        let payloads: [&[u8]; 4] = [
+            br#"{"amount":123456789012345678901234567890}"#,
+            br#"{"id":"first","id":"second"}"#,
+            br#"{"price":1.10,"big":1e400}"#,
+            br#"[{"a" : [ 1 , 2 ]}]"#,
+        ];
+        for payload in payloads {
+            let text = String::from_utf8(envelope(&event(payload))).unwrap();
+            let expected = format!(r#""payload":{}"#, std::str::from_utf8(payload).unwrap());
+            assert!(text.contains(&expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn envelope_of_deep_nesting_is_json() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let unclosed = "[".repeat(100_000);
+        for payload in [deep, unclosed] {
+            let text = String::from_utf8(envelope(&event(payload.as_bytes()))).unwrap();
+            assert!(text.starts_with(r#"{"delivery_id":""#), "{}", &text[..100]);
+            assert!(text.ends_with(r#""source":"makini"}"#));
+        }
+    }
+
+    #[test]
+    fn envelope_keeps_field_order() {
+        let text = String::from_utf8(envelope(&event(b"{}"))).unwrap();
+        assert!(text.starts_with(r#"{"delivery_id":""#), "{text}");
+        assert!(
+            text.ends_with(r#""event_type":"a","id":"evt_1","payload":{},"received_at":"2023-11-14T22:13:20.123Z","source":"makini"}"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn header_text_replaces_line_breaks() {

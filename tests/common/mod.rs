@@ -42,6 +42,8 @@ pub struct ServiceSpec {
     pub worker: String,
     /// Extra TOML appended to the Makini `[[sources]]` table.
     pub source: String,
+    /// Extra TOML appended to the Standard Webhooks `[[sources]]` table.
+    pub standard_source: String,
 }
 
 impl ServiceSpec {
@@ -55,6 +57,7 @@ impl ServiceSpec {
             top: String::new(),
             worker: "backoff_initial = \"50ms\"\nbackoff_max = \"200ms\"".into(),
             source: String::new(),
+            standard_source: String::new(),
         }
     }
 
@@ -83,6 +86,7 @@ scheme = "standard"
 secrets = ["file:{secret}.standard"]
 # The published test vector is signed in 2021.
 tolerance = "100years"
+{standard_source}
 
 [[sinks]]
 name = "events"
@@ -105,6 +109,7 @@ sinks = ["events"]
             worker = self.worker,
             secret = self.secret_path.display(),
             source = self.source,
+            standard_source = self.standard_source,
             sink_url = self.sink_url,
             stream = self.stream,
         )
