@@ -39,30 +39,59 @@ const UNROUTED_LOG_LIMIT: usize = 1024;
 /// Most settlements written to the store in one batch.
 const SETTLE_BATCH: usize = 256;
 
-/// A settlement to write, and where to report how it went.
-type SettleRequest = (
-    Delivery,
-    Settlement,
+/// A write the worker hands to its store writer task, which makes them in the order sent.
+enum StoreWrite {
+    /// A settlement, and where to report how it went.
+    Settle(
+        Delivery,
+        Settlement,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    /// A release of the events held for a sink that is back, made after every settlement sent
+    /// before it, so that events held just before the sink came back are released too.
+    BringForward {
+        sink: String,
+        due: SystemTime,
+        reply: oneshot::Sender<Result<Vec<String>, StoreError>>,
+    },
+}
+
+type WriteSender = mpsc::UnboundedSender<StoreWrite>;
+
+/// Makes the worker's store writes as they come, each run of settlements waiting in one store
+/// call, so that a busy worker records many outcomes per round trip.
+async fn write_in_batches(store: Arc<dyn Store>, mut writes: mpsc::UnboundedReceiver<StoreWrite>) {
+    let mut received = Vec::with_capacity(SETTLE_BATCH);
+    let mut settles = Vec::with_capacity(SETTLE_BATCH);
+    while writes.recv_many(&mut received, SETTLE_BATCH).await > 0 {
+        for write in received.drain(..) {
+            match write {
+                StoreWrite::Settle(delivery, settlement, reply) => {
+                    settles.push(((delivery, settlement), reply));
+                }
+                StoreWrite::BringForward { sink, due, reply } => {
+                    settle_all(store.as_ref(), &mut settles).await;
+                    let _ = reply.send(store.bring_forward(&sink, usize::MAX, due).await);
+                }
+            }
+        }
+        settle_all(store.as_ref(), &mut settles).await;
+    }
+}
+
+type PendingSettle = (
+    (Delivery, Settlement),
     oneshot::Sender<Result<(), StoreError>>,
 );
-type SettleSender = mpsc::UnboundedSender<SettleRequest>;
 
-/// Writes settlements as they come, each batch of those waiting in one store call, so that a
-/// busy worker records many outcomes per round trip.
-async fn settle_in_batches(
-    store: Arc<dyn Store>,
-    mut requests: mpsc::UnboundedReceiver<SettleRequest>,
-) {
-    let mut batch = Vec::with_capacity(SETTLE_BATCH);
-    while requests.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        let (items, replies): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|(delivery, settlement, reply)| ((delivery, settlement), reply))
-            .unzip();
-        let results = store.settle_many(items).await;
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
-        }
+async fn settle_all(store: &dyn Store, pending: &mut Vec<PendingSettle>) {
+    if pending.is_empty() {
+        return;
+    }
+    let (items, replies): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
+    let results = store.settle_many(items).await;
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
     }
 }
 
@@ -184,7 +213,7 @@ impl Worker {
         self.running.store(true, Ordering::Release);
         self.release_held_at_start().await;
         let (settle_sender, settle_requests) = mpsc::unbounded_channel();
-        let settler = tokio::spawn(settle_in_batches(self.store.clone(), settle_requests));
+        let settler = tokio::spawn(write_in_batches(self.store.clone(), settle_requests));
         let settles = &settle_sender;
         let mut in_flight = FuturesUnordered::new();
         let mut store_failures = 0u32;
@@ -242,7 +271,7 @@ impl Worker {
     }
 
     /// Makes one delivery round of one entry and settles it.
-    async fn process(&self, delivery: Delivery, settles: &SettleSender) {
+    async fn process(&self, delivery: Delivery, settles: &WriteSender) {
         let span = tracing::info_span!(
             "deliver",
             source = %delivery.event.source,
@@ -254,7 +283,7 @@ impl Worker {
             .await;
     }
 
-    async fn process_in_span(&self, delivery: Delivery, settles: &SettleSender) {
+    async fn process_in_span(&self, delivery: Delivery, settles: &WriteSender) {
         let event = &delivery.event;
         let sinks = match &delivery.pending_sinks {
             Some(sinks) => sinks.clone(),
@@ -266,17 +295,16 @@ impl Worker {
         }
 
         let delivery_ref = &delivery;
-        let outcomes = futures::future::join_all(
-            sinks
-                .iter()
-                .map(|name| async move { (name, self.deliver_to(name, delivery_ref).await) }),
-        )
-        .await;
+        let outcomes =
+            futures::future::join_all(sinks.iter().map(|name| async move {
+                (name, self.deliver_to(name, delivery_ref, settles).await)
+            }))
+            .await;
 
         let settlement = self.settlement(&delivery, outcomes);
         let (reply, settled) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the worker's settlement task stopped".into());
-        let result = match settles.send((delivery, settlement, reply)) {
+        let stopped = || StoreError::Unavailable("the worker's store writer task stopped".into());
+        let result = match settles.send(StoreWrite::Settle(delivery, settlement, reply)) {
             Ok(()) => settled.await.unwrap_or_else(|_| Err(stopped())),
             Err(_) => Err(stopped()),
         };
@@ -321,7 +349,7 @@ impl Worker {
         }
     }
 
-    async fn deliver_to(&self, name: &str, delivery: &Delivery) -> Outcome {
+    async fn deliver_to(&self, name: &str, delivery: &Delivery, writes: &WriteSender) -> Outcome {
         let Some(slot) = self.sinks.get(name) else {
             return Outcome::Failed(SinkError::permanent(format!(
                 "sink {name:?} is not configured"
@@ -363,17 +391,19 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.record_delivered(name, delivery);
-                self.after_transition(name, slot.breaker.succeeded()).await;
+                self.after_transition(name, slot.breaker.succeeded(), writes)
+                    .await;
                 Outcome::Delivered
             }
             // The sink responded, so it is up, even though it rejected this event.
             Err(error) if !error.retryable => {
-                self.after_transition(name, slot.breaker.succeeded()).await;
+                self.after_transition(name, slot.breaker.succeeded(), writes)
+                    .await;
                 Outcome::Failed(error)
             }
             Err(error) => {
                 let transition = slot.breaker.failed(probe, &delivery.handle, Instant::now());
-                self.after_transition(name, transition).await;
+                self.after_transition(name, transition, writes).await;
                 // A failed probe shows the sink is still down and says nothing about the event,
                 // so the event stays held, probes again next time and uses none of its attempts.
                 match (transition, slot.breaker.paused_generation()) {
@@ -405,7 +435,7 @@ impl Worker {
 
     /// Logs a pause or a resumption of sink `name`; on resumption, makes every event held for
     /// it due at once.
-    async fn after_transition(&self, name: &str, transition: Transition) {
+    async fn after_transition(&self, name: &str, transition: Transition, writes: &WriteSender) {
         match transition {
             Transition::None => {}
             Transition::Paused { pause } => {
@@ -426,7 +456,7 @@ impl Worker {
             Transition::Resuming { due } => {
                 // Events held meanwhile are settled due at this same time, so they take their
                 // place among the others by arrival.
-                let released = self.store.bring_forward(name, usize::MAX, due).await;
+                let released = self.release_held(name, due, writes).await;
                 if let Some(slot) = self.sinks.get(name) {
                     slot.breaker.resume();
                 }
@@ -446,6 +476,36 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Makes the events held for sink `name` due at `due`, after every settlement sent so far
+    /// is written. A second pass a second later catches the settlements of deliveries that
+    /// were held while the first one ran.
+    async fn release_held(
+        &self,
+        name: &str,
+        due: SystemTime,
+        writes: &WriteSender,
+    ) -> Result<Vec<String>, StoreError> {
+        let (reply, released) = oneshot::channel();
+        let write = StoreWrite::BringForward {
+            sink: name.to_owned(),
+            due,
+            reply,
+        };
+        let stopped = || StoreError::Unavailable("the worker's store writer task stopped".into());
+        writes.send(write).map_err(|_| stopped())?;
+        let moved = released.await.unwrap_or_else(|_| Err(stopped()))?;
+
+        let store = self.store.clone();
+        let sink = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(error) = store.bring_forward(&sink, usize::MAX, due).await {
+                tracing::warn!(sink, %error, "failed to release events held while the sink came back");
+            }
+        });
+        Ok(moved)
     }
 
     /// Decides, for each sink that failed, between another round and the dead-letter queue.
