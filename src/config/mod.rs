@@ -93,7 +93,7 @@ pub struct WorkerConfig {
     /// Runs the worker in this process. Turn it off for receive-only replicas.
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
-    /// Inbox entries claimed per read.
+    /// Inbox entries in flight at once.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
     /// Delivery rounds per sink before an event goes to the dead-letter stream.
@@ -809,7 +809,7 @@ mod defaults {
         true
     }
     pub fn batch_size() -> usize {
-        64
+        256
     }
     pub fn max_attempts() -> u32 {
         10
@@ -830,7 +830,7 @@ mod defaults {
         3
     }
     pub fn sink_concurrency() -> usize {
-        16
+        64
     }
     /// Above the default `worker.backoff_max` (10 min), so a retry after a lost
     /// acknowledgement still falls inside the window.
@@ -1150,7 +1150,7 @@ mod tests {
             SinkKind::Nats { duplicate_window, .. } if *duplicate_window == Duration::from_secs(900)
         ));
         let amqp = &config.sinks[2];
-        assert_eq!(amqp.concurrency, 16);
+        assert_eq!(amqp.concurrency, 64);
         assert_eq!(amqp.timeout, None);
         assert!(matches!(
             &amqp.kind,

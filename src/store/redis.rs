@@ -564,8 +564,12 @@ impl RedisStore {
                 pipe.xack(&self.keys.inbox, GROUP, &[&delivery.handle])
                     .ignore();
                 pipe.xdel(&self.keys.inbox, &[&delivery.handle]).ignore();
-                pipe.hdel(&self.keys.state, &delivery.handle).ignore();
-                pipe.zrem(&self.keys.retry, &delivery.handle).ignore();
+                // Progress and a retry time exist only for an entry that was retried or
+                // replayed, which is what `pending_sinks` records; a first round has neither.
+                if delivery.pending_sinks.is_some() {
+                    pipe.hdel(&self.keys.state, &delivery.handle).ignore();
+                    pipe.zrem(&self.keys.retry, &delivery.handle).ignore();
+                }
             }
         }
     }
