@@ -21,7 +21,7 @@ const WARM_UP: Duration = Duration::from_secs(3);
 const AFTER: Duration = Duration::from_secs(5);
 /// The worker's default number of entries in flight.
 const BATCH: usize = 256;
-/// Longest wait for the backlog to reach the sink after it is back.
+/// Maximum wait for the backlog to reach the sink after it is back.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 fn outage() -> Duration {

@@ -3,8 +3,8 @@
 //! A few failed deliveries in a row mean the sink is down rather than one event being bad. From
 //! then on the worker stops sending to it: every event owed to the sink is held, that is set
 //! aside in the store without a delivery round being counted, so an outage does not use up
-//! the events' attempts. After a pause one held event is tried again (the probe); while the
-//! sink stays down the same event probes each time, with the pause doubled up to a ceiling.
+//! the events' attempts. After a pause one held event is tried again (the probe). While the
+//! sink stays down, the same event probes each time and the pause doubles up to a ceiling.
 //! Once the sink takes an event, the worker makes every held event due at one time and only
 //! then ends the pause, so that the held events are claimed, and forwarded, in the order they
 //! arrived, ahead of anything newer.
@@ -14,22 +14,22 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Longest pause between two probes, so that a recovered sink is found within this time.
+/// Maximum pause between two probes, so that a recovered sink is found within this time.
 pub const LONGEST_PAUSE: Duration = Duration::from_secs(10);
 
 /// Time after requesting the probe event from the store before any held event may probe instead,
 /// in case the requested one went to another replica.
 const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
-/// What the worker may do with one delivery to a sink.
+/// The worker's decision about one delivery to a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// The sink is not paused: deliver as usual.
     Deliver,
     /// The sink is paused and this delivery tests whether it is back.
     Probe,
-    /// The sink is paused: set the event aside until the sink is back. `generation` tells
-    /// whether the sink came back between this answer and the settlement.
+    /// The sink is paused: set the event aside until the sink is back. `generation` shows
+    /// whether the sink came back between this decision and the settlement.
     Hold { generation: u64 },
 }
 
@@ -109,10 +109,10 @@ impl Breaker {
             .min(self.longest_pause)
     }
 
-    /// Decides about one delivery of the entry `handle`. `retry` is true for an event that
-    /// was held or failed before: only such an event may probe, so that a newer event never
-    /// overtakes the held ones, and of those the event that probed last, unless it has not
-    /// come back within [`REQUEST_AGAIN_AFTER`] of the request for it.
+    /// Decides about one delivery of the entry `handle`. Only a retry (`retry` true: an event
+    /// held or failed before) may probe, so that a newer event never overtakes the held ones.
+    /// Of those, the event that probed last goes first, unless it has not come back within
+    /// [`REQUEST_AGAIN_AFTER`] of the request for it.
     pub fn admit(&self, handle: &str, retry: bool, now: Instant) -> Admission {
         let mut state = self.lock();
         let generation = state.generation;
