@@ -111,18 +111,24 @@ impl Service {
         }
     }
 
+    /// Stops the service, then deletes its sink stream and store keys, so that a late delivery
+    /// cannot write them again. The idempotency keys expire on their own.
     async fn stop(self) {
+        self.running.stop().await.unwrap();
         let client = redis::Client::open(REDIS).unwrap();
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&test_redis_config())
             .await
             .unwrap();
+        // The key prefix is the stream's name.
+        let tagged = format!("{}:{{p0}}", self.stream);
+        let store_keys = ["inbox", "retry", "state", "dlq"].map(|name| format!("{tagged}:{name}"));
         let _: i64 = redis::cmd("DEL")
             .arg(&self.stream)
+            .arg(&store_keys)
             .query_async(&mut conn)
             .await
             .unwrap();
-        self.running.stop().await.unwrap();
     }
 }
 
