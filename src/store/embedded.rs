@@ -49,8 +49,8 @@ pub const DATA_FILE: &str = "hookrelay.redb";
 const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 /// Memory redb may use to cache pages of the file. The inbox is small while the worker keeps
-/// up, so 16 MiB keeps the service under 50 MiB at its peak in the load test; a longer backlog
-/// is read from the file (or the operating system's page cache).
+/// up, so 16 MiB kept the service under 50 MiB at its peak in the load test. A longer backlog
+/// is read from the file, or from the operating system's page cache.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The source of the current time, so tests can move it instead of sleeping.

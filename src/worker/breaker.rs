@@ -9,7 +9,7 @@
 //! then ends the pause, so that the held events are claimed, and forwarded, in the order they
 //! arrived, ahead of anything newer.
 //!
-//! The state lives in the process: each replica pauses the sinks it sees failing.
+//! The state lives in the process, so each replica pauses the sinks that fail for it.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -153,8 +153,8 @@ impl Breaker {
         true
     }
 
-    /// Records a delivery that the sink took, or refused for good: either way it answered,
-    /// so it is up. A pause moves on to resuming.
+    /// Records a delivery that the sink took or rejected for good. Either way the sink
+    /// responded, so it is up, and a pause moves on to resuming.
     pub fn succeeded(&self) -> Transition {
         let mut state = self.lock();
         state.failures = 0;
@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn the_event_that_failed_a_probe_probes_again() {
+    fn probe_repeats_with_same_event() {
         let breaker = breaker();
         let now = Instant::now();
         pause(&breaker, now);
@@ -306,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn another_event_probes_when_the_chosen_one_does_not_come() {
+    fn probe_falls_back_to_other_event() {
         let breaker = breaker();
         let now = Instant::now();
         pause(&breaker, now);
@@ -319,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_probes_double_the_pause_up_to_the_longest() {
+    fn pause_doubles_up_to_maximum() {
         let breaker = breaker();
         let mut now = Instant::now();
         pause(&breaker, now);
@@ -336,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn failure_of_an_earlier_delivery_does_not_extend_the_pause() {
+    fn pause_ignores_earlier_delivery_failure() {
         let breaker = breaker();
         let now = Instant::now();
         pause(&breaker, now);

@@ -407,8 +407,8 @@ impl Worker {
             Err(error) => {
                 let transition = slot.breaker.failed(probe, &delivery.handle, Instant::now());
                 self.after_transition(name, transition, writes).await;
-                // A failed probe shows the sink is still down and says nothing about the event,
-                // so the event stays held, probes again next time and uses none of its attempts.
+                // A failed probe shows the sink is still down, not that the event is bad, so the
+                // event stays held, probes again next time and uses none of its attempts.
                 match (transition, slot.breaker.paused_generation()) {
                     (Transition::StillDown { pause }, Some(generation)) if probe => {
                         tracing::warn!(sink = name, %error, "probe failed; the sink stays paused");
@@ -583,7 +583,7 @@ impl Worker {
             });
         } else if !held_sinks.is_empty() {
             // No round was made. A held event waits until its sink is back and the worker
-            // brings it forward; the visibility timeout bounds the wait in case the process
+            // brings it forward. The visibility timeout bounds the wait, in case the process
             // that held it stops first.
 
             settlement.retry = Some(Retry {
