@@ -1231,7 +1231,7 @@ async fn old_and_pipelined_requests_served() {
         "HTTP/2 preface answered with {received:?}"
     );
 
-    // Three requests in one write get three answers, in order.
+    // Three requests in one write get three responses, in order.
     let mut pipelined = Vec::new();
     for index in 0..3 {
         let body = format!(r#"{{"id":"piped-{index}","event":"a"}}"#);

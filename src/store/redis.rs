@@ -72,9 +72,9 @@ const BRING_FORWARD_SCRIPT: &str = r"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[6], ARGV[7], 'LIMIT', ARGV[3], ARGV[4])
 local moved = {}
 local skipped = 0
-local wanted = tonumber(ARGV[5])
+local limit = tonumber(ARGV[5])
 for _, id in ipairs(ids) do
-  if #moved >= wanted then
+  if #moved >= limit then
     break
   end
   local owed = false

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Maximum pause between two probes, so that a recovered sink is found within this time.
-pub const LONGEST_PAUSE: Duration = Duration::from_secs(10);
+pub const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// Time after requesting the probe event from the store before any held event may probe instead,
 /// in case the requested one went to another replica.

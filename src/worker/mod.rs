@@ -12,7 +12,7 @@ mod route;
 
 pub use route::Router;
 
-use breaker::{Admission, Breaker, LONGEST_PAUSE, Transition};
+use breaker::{Admission, Breaker, MAX_PAUSE, Transition};
 
 use crate::config::WorkerConfig;
 use crate::event::loggable;
@@ -170,7 +170,7 @@ impl Worker {
                     breaker: Breaker::new(
                         config.pause_after_failures,
                         config.backoff_initial,
-                        LONGEST_PAUSE,
+                        MAX_PAUSE,
                     ),
                 };
                 (name, slot)
