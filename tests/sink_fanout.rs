@@ -6,6 +6,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use hookrelay::config::Config;
 use hookrelay::event::Event;
+use hookrelay::sink::Sink;
 use sink_support::{Downstream, PrivateNats, REDIS_URL, SOURCE, Service, eventually, unique};
 use std::time::Duration;
 
@@ -97,9 +98,8 @@ async fn fanout_with_one_sink_down() {
     delete_stream(&mut conn, &redis_stream).await;
 }
 
-#[tokio::test]
-async fn redis_stream_maxlen_trims() {
-    let stream = unique("hooktest-maxlen");
+/// Builds a Redis Stream sink on `stream` the way the service does, with `extra` TOML lines.
+fn configured_stream_sink(stream: &str, extra: &str) -> Box<dyn Sink> {
     let config = Config::from_toml(&format!(
         r#"
         [[sinks]]
@@ -107,11 +107,17 @@ async fn redis_stream_maxlen_trims() {
         type = "redis_stream"
         url = "{REDIS_URL}"
         stream = "{stream}"
-        maxlen = 10
+        {extra}
         "#
     ))
     .unwrap();
-    let sink = hookrelay::sink::build(&config.sinks[0]).unwrap();
+    hookrelay::sink::build(&config.sinks[0]).unwrap()
+}
+
+#[tokio::test]
+async fn redis_stream_maxlen_trims() {
+    let stream = unique("hooktest-maxlen");
+    let sink = configured_stream_sink(&stream, "maxlen = 10");
     let mut conn = redis_conn().await;
 
     for n in 0..300 {
@@ -130,6 +136,87 @@ async fn redis_stream_maxlen_trims() {
     let len = stream_len(&mut conn, &stream).await;
     assert!(len >= 10, "stream has {len} entries");
     assert!(len <= 110, "stream has {len} entries");
+    delete_stream(&mut conn, &stream).await;
+}
+
+fn numbered_event(n: usize) -> Event {
+    Event {
+        id: format!("evt-{n}"),
+        source: SOURCE.into(),
+        event_type: "orders.created".into(),
+        received_at_ms: 1_700_000_000_000,
+        payload: Bytes::from(format!(r#"{{"n":{n}}}"#)),
+    }
+}
+
+async fn stream_event_ids(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Vec<String> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|entry| entry.get::<String>("id").unwrap())
+        .collect()
+}
+
+/// One script call adds a batch in order, skipping the event the stream already has and the
+/// second copy inside the batch.
+#[tokio::test]
+async fn redis_stream_batch_keeps_order() {
+    let stream = unique("hooktest-batch-order");
+    let sink =
+        hookrelay::sink::RedisStreamSink::new(REDIS_URL, &stream, None, Duration::from_secs(300))
+            .unwrap();
+    let mut conn = redis_conn().await;
+
+    sink.deliver(&numbered_event(5)).await.unwrap();
+    let batch: Vec<Event> = (0..200).chain([7]).map(numbered_event).collect();
+    let results = sink.deliver_many(&batch).await;
+
+    assert_eq!(results.len(), batch.len());
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let expected: Vec<String> = [5]
+        .into_iter()
+        .chain((0..200).filter(|n| *n != 5))
+        .map(|n| format!("evt-{n}"))
+        .collect();
+    assert_eq!(stream_event_ids(&mut conn, &stream).await, expected);
+    delete_stream(&mut conn, &stream).await;
+}
+
+/// Concurrent deliveries through the configured sink, which batches them, each land once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stream_concurrent_deliveries_land_once() {
+    let stream = unique("hooktest-batch-concurrent");
+    let sink =
+        std::sync::Arc::<dyn Sink>::from(configured_stream_sink(&stream, "dedupe_window = \"5m\""));
+    let mut conn = redis_conn().await;
+
+    // Each event twice, from tasks on the runtime's threads.
+    let tasks: Vec<_> = (0..500)
+        .chain(0..500)
+        .map(|n| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.deliver(&numbered_event(n)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+
+    let mut ids = stream_event_ids(&mut conn, &stream).await;
+    ids.sort();
+    let mut expected: Vec<String> = (0..500).map(|n| format!("evt-{n}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
     delete_stream(&mut conn, &stream).await;
 }
 

@@ -5,6 +5,7 @@
 //! `Idempotency-Key` on HTTP.
 
 mod amqp;
+mod batch;
 mod file;
 mod http;
 mod nats;
@@ -12,6 +13,7 @@ mod redis_stream;
 mod template;
 
 pub use amqp::AmqpSink;
+pub use batch::Batched;
 pub use file::FileSink;
 pub use http::HttpSink;
 pub use nats::NatsSink;
@@ -75,6 +77,13 @@ pub trait Sink: Send + Sync {
     /// downstream where the destination allows it to be detected, because a crash between a
     /// delivery and its acknowledgement makes the worker send it again.
     async fn deliver(&self, event: &Event) -> Result<(), SinkError>;
+
+    /// Delivers `events` and returns one result per event, in the order of `events`. The
+    /// default delivers them concurrently one by one. A sink whose destination takes many
+    /// events in one request overrides it, and [`Batched`] calls it.
+    async fn deliver_many(&self, events: &[Event]) -> Vec<Result<(), SinkError>> {
+        futures::future::join_all(events.iter().map(|event| self.deliver(event))).await
+    }
 }
 
 /// Builds the sink `config` describes. Connections are made on first use, so a destination
@@ -86,12 +95,10 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
             stream,
             maxlen,
             dedupe_window,
-        } => Ok(Box::new(RedisStreamSink::new(
-            url,
-            stream,
-            *maxlen,
-            *dedupe_window,
-        )?)),
+        } => {
+            let sink = RedisStreamSink::new(url, stream, *maxlen, *dedupe_window)?;
+            Ok(Box::new(Batched::new(std::sync::Arc::new(sink))))
+        }
         SinkKind::Nats { .. } => Ok(Box::new(NatsSink::new(&config.kind)?)),
         SinkKind::Amqp {
             url,
