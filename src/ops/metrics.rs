@@ -2,6 +2,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Receive requests, by `source` and response `status`.
 pub const REQUESTS: &str = "hookrelay_requests_total";
@@ -37,6 +38,9 @@ const END_TO_END_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// Time between two upkeeps of the recorder.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder on first use and returns its handle. Every service
@@ -58,8 +62,27 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed; /metrics will stay empty");
         }
         describe();
+        start_upkeep(handle.clone());
         handle
     })
+}
+
+/// Starts a thread that moves the recorded histogram samples into their buckets every
+/// [`UPKEEP_INTERVAL`]. The recorder keeps every sample until then, so without the upkeep a
+/// service that nothing scrapes would hold 8 bytes per request and per delivery, without
+/// bound.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "failed to start the metrics upkeep thread; histogram samples wait for the next scrape of /metrics");
+    }
 }
 
 fn describe() {
@@ -89,4 +112,21 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from receipt to acceptance by a sink."
     );
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn recorder_starts_upkeep_thread() {
+        super::handle();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(
+            names.iter().any(|name| name == "metrics-upkeep"),
+            "threads: {names:?}"
+        );
+    }
 }
