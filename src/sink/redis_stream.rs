@@ -79,6 +79,9 @@ impl RedisStreamSink {
 
 /// Returns `stream` itself if it already carries a Redis Cluster hash tag, else `{stream}`, so
 /// that a key starting with the result lives in the stream's slot.
+///
+/// NOTE: a name whose first braces are empty (`a{}b`) has no tag, so Cluster hashes the whole
+/// name, and no other key can share its slot. The client here is not a Cluster client.
 fn hash_tagged(stream: &str) -> String {
     let has_tag = stream
         .find('{')
