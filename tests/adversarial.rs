@@ -309,6 +309,43 @@ async fn chunked_oversize_not_read_to_end() {
     service.stop().await;
 }
 
+/// A body sent in several chunks, with pauses so that each arrives on its own, is verified and
+/// stored as one.
+#[tokio::test]
+async fn chunked_body_stored_whole() {
+    let (service, _secret) = service_with("chunkwhole", "", "").await;
+    let id = format!("chunks-{}", uuid::Uuid::new_v4().simple());
+    let body = format!(
+        r#"{{"id":"{id}","event":"a","body":["{}"]}}"#,
+        "x".repeat(3000)
+    );
+    let signature = Makini::sign_hex(SECRET.as_bytes(), body.as_bytes());
+
+    let mut stream = TcpStream::connect(service.running.addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/makini HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         x-webhook-signature: {signature}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for part in body.as_bytes().chunks(1000) {
+        let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+        chunk.extend_from_slice(part);
+        chunk.extend_from_slice(b"\r\n");
+        stream.write_all(&chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+
+    let mut buffer = Vec::new();
+    let response = read_response(&mut stream, &mut buffer, RAW_WAIT)
+        .await
+        .expect("a response to the chunked body");
+    assert_eq!(response.status, 200, "{}", response.head);
+    let payload = assert_forwarded(&service.spec.stream, &id).await;
+    assert_eq!(payload, body.as_bytes(), "forwarded byte for byte");
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn body_memory_budget_gets_503() {
     let secret = secret_file(SECRET);

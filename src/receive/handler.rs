@@ -184,24 +184,36 @@ async fn collect_body(
     reservation: &mut Reservation,
 ) -> Result<Bytes, ReceiveError> {
     let limit = source.body_limit;
+    // A body that arrives in one chunk is kept as it came, without a copy. When more chunks
+    // follow, all of them are gathered in `collected`.
     // NOTE: the budget counts body bytes; the buffer's capacity can be up to twice that while
     // it grows.
+    let mut first: Option<Bytes> = None;
     let mut collected = BytesMut::new();
+    let mut length = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| ReceiveError::BodyRead(error.to_string()))?;
         let Ok(data) = frame.into_data() else {
             // Trailers carry nothing the body needs.
             continue;
         };
-        if collected.len() + data.len() > limit {
+        if length + data.len() > limit {
             return Err(ReceiveError::TooLarge { limit });
         }
         if !reservation.grow(data.len()) {
             return Err(overloaded(state));
         }
+        length += data.len();
+        if first.is_none() && collected.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(first) = first.take() {
+            collected.extend_from_slice(&first);
+        }
         collected.extend_from_slice(&data);
     }
-    Ok(collected.freeze())
+    Ok(first.unwrap_or_else(|| collected.freeze()))
 }
 
 fn overloaded(state: &ReceiveState) -> ReceiveError {

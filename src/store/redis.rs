@@ -430,13 +430,13 @@ impl RedisStore {
             .map_err(unavailable)?;
 
         let mut deliveries = Vec::with_capacity(entries.len());
-        for (entry, state) in entries.into_iter().zip(states) {
+        for (mut entry, state) in entries.into_iter().zip(states) {
             let (attempt, pending_sinks) = match state.as_deref() {
                 Some(state) => parse_state(state)?,
                 None => (0, None),
             };
             deliveries.push(Delivery {
-                event: entry.to_event()?,
+                event: entry.take_event()?,
                 handle: entry.id,
                 attempt,
                 pending_sinks,
@@ -465,7 +465,7 @@ impl RedisStore {
             .map_err(unavailable)?;
         parse_entries(reply)?
             .into_iter()
-            .map(|entry| entry.to_dead_letter())
+            .map(RawEntry::into_dead_letter)
             .collect()
     }
 
@@ -835,27 +835,38 @@ impl RawEntry {
         })
     }
 
-    fn to_event(&self) -> Result<Event, StoreError> {
+    /// Builds the event, moving the payload out of the entry instead of copying it.
+    fn take_event(&mut self) -> Result<Event, StoreError> {
+        let id = self.text("id")?;
+        let source = self.text("source")?;
+        let event_type = self.text("type")?;
+        let received_at_ms = self.text("received_at")?.parse().map_err(|_| {
+            StoreError::Corrupt(format!("entry {} has an invalid received_at", self.id))
+        })?;
+        let payload = self
+            .fields
+            .iter_mut()
+            .find(|(key, _)| key == b"payload")
+            .map(|(_, value)| Bytes::from(std::mem::take(value)))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("entry {} has no payload field", self.id))
+            })?;
         Ok(Event {
-            id: self.text("id")?,
-            source: self.text("source")?,
-            event_type: self.text("type")?,
-            received_at_ms: self.text("received_at")?.parse().map_err(|_| {
-                StoreError::Corrupt(format!("entry {} has an invalid received_at", self.id))
-            })?,
-            payload: Bytes::copy_from_slice(self.field("payload")?),
+            id,
+            source,
+            event_type,
+            received_at_ms,
+            payload,
         })
     }
-}
 
-impl RawEntry {
-    fn to_dead_letter(&self) -> Result<DeadLetterRecord, StoreError> {
+    fn into_dead_letter(mut self) -> Result<DeadLetterRecord, StoreError> {
         Ok(DeadLetterRecord {
-            event: self.to_event()?,
             sink: self.text("sink")?,
             error: self.text("error")?,
             attempt: self.text("attempt")?.parse().unwrap_or(0),
-            handle: self.id.clone(),
+            event: self.take_event()?,
+            handle: self.id,
         })
     }
 }
