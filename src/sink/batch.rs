@@ -153,7 +153,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Records the size of each batch and fails the events whose id starts with `fail`.
+    /// Records the event ids of each batch. Fails the events whose id starts with `fail`, and
+    /// panics on a batch with an id starting with `panic`.
     #[derive(Default)]
     struct Recording {
         batches: Mutex<Vec<Vec<String>>>,
