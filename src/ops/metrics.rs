@@ -116,14 +116,26 @@ fn describe() {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    #[test]
-    fn recorder_starts_upkeep_thread() {
-        super::handle();
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+    use std::time::{Duration, Instant};
+
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
             .unwrap()
             .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
             .map(|name| name.trim().to_owned())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn recorder_starts_upkeep_thread() {
+        super::handle();
+        // A new thread carries its parent's name until it has started and named itself.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut names = thread_names();
+        while !names.iter().any(|name| name == "metrics-upkeep") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            names = thread_names();
+        }
         assert!(
             names.iter().any(|name| name == "metrics-upkeep"),
             "threads: {names:?}"
